@@ -1,0 +1,8 @@
+"""nifzoo: a Flax NNX model zoo for noisy injective flows.
+
+Layout (data flows one way, nothing lower imports anything higher):
+``flows`` (bijections) and ``nif`` (dimension-changing layers) -> ``models`` ->
+``data`` -> ``train`` -> ``zoo``.
+"""
+
+__version__ = "0.1.0"
