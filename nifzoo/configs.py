@@ -1,0 +1,222 @@
+"""Every model of the zoo by name: ``<dataset>-<model>`` -> ``ml_collections`` config.
+
+The files in ``configs/`` are thin big_vision-style entry points
+(``get_config(arg)``) over :func:`build_config`; registry names such as
+``"celeba-nif128"`` resolve through :func:`get_config`. An ``arg`` is a model
+name plus optional comma-separated overrides, e.g. ``"nif128"``,
+``"nif64,tiny"``, ``"nf,bits=5"``, ``"nif16,steps=2,width=16"``.
+
+Paper values (shared/spec/nif-math.md §5): 3-bit data, 16 steps per scale,
+width 256, Adam lr 1e-4 with 10k warmup, batch 32, global-norm clip 5, the
+authors' channel-major squeeze; scales CelebA 5, CIFAR-10 4, Fashion-MNIST 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+
+import ml_collections
+
+# dataset short name -> (tfds name, image shape, num_scales, model names).
+DATASETS = {
+    "fmnist": ("fashion_mnist", (28, 28, 1), 2,
+               ("nf", "nif64", "nif128", "nif256", "nif512")),
+    "cifar10": ("cifar10", (32, 32, 3), 4,
+                ("nf", "nif64", "nif128", "nif256", "nif512")),
+    "celeba": ("celeb_a", (64, 64, 3), 5,
+               ("nf", "nif64", "nif128", "nif256", "nif512", "deepnif128")),
+    "digits": ("digits", (8, 8, 1), 2,
+               ("nf", "nif4", "nif8", "nif16", "nif32")),
+}
+
+_MODEL_RE = re.compile(r"^(nf|nif(\d+)|deepnif(\d+))$")
+
+# Overrides accepted as `key=value` in an arg, and the config field each sets.
+_SHORTCUTS = {
+    "bits": ("data", "bits"),
+    "k": ("model", "latent_dim"),
+    "steps": ("model", "steps_per_scale"),
+    "width": ("model", "width"),
+    "scales": ("model", "num_scales"),
+    "conv": ("model", "conv"),
+    "squeeze": ("model", "squeeze"),
+    "noise": ("model", "sample_noise"),
+    "batch": (None, "batch_size"),
+    "total_steps": (None, "total_steps"),
+    "lr": (None, "learning_rate"),
+    "seed": (None, "seed"),
+    "split": ("data", "split"),
+    "data_dir": ("data", "data_dir"),
+}
+
+
+def names(pattern: str = "*") -> list[str]:
+  """All registry names (``fmnist-nf`` ... ``digits-nif32``) matching a glob."""
+  out = [f"{ds}-{m}" for ds, spec in DATASETS.items() for m in spec[3]]
+  return [n for n in out if fnmatch.fnmatch(n, pattern)]
+
+
+def _unknown(kind: str, name: str, choices) -> ValueError:
+  close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
+  hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+  return ValueError(
+      f"Unknown {kind} {name!r}.{hint} Known: {', '.join(sorted(choices))}.")
+
+
+def get_config(name: str) -> ml_collections.ConfigDict:
+  """Config for a registry name, e.g. ``"celeba-nif128"`` or ``"digits-nif16,tiny"``."""
+  base, _, overrides = name.partition(",")
+  dataset, _, model = base.partition("-")
+  if dataset not in DATASETS or model not in DATASETS[dataset][3]:
+    raise _unknown("model name", base, names())
+  return build_config(dataset, model + ("," + overrides if overrides else ""))
+
+
+def _parse_value(text: str):
+  for cast in (int, float):
+    try:
+      return cast(text)
+    except ValueError:
+      pass
+  if text.lower() in ("true", "false"):
+    return text.lower() == "true"
+  return None if text.lower() == "none" else text
+
+
+def build_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """The config for ``dataset`` and ``arg`` = ``"<model>[,override...]"``."""
+  if dataset not in DATASETS:
+    raise _unknown("dataset", dataset, DATASETS)
+  tfds_name, image_shape, num_scales, models = DATASETS[dataset]
+  parts = [p.strip() for p in (arg or models[0]).split(",") if p.strip()]
+  model = parts[0]
+  if model not in models:
+    raise _unknown(f"model for dataset {dataset!r}", model, models)
+  kind, latent = _model_kind(model)
+
+  c = ml_collections.ConfigDict()
+  c.name = f"{dataset}-{model}"
+  c.dataset = dataset
+
+  # ---------------------------------------------------------------- data
+  c.data = ml_collections.ConfigDict()
+  c.data.name = tfds_name
+  c.data.data_dir = None            # tfds data_dir (a gs:// bucket on TPU).
+  c.data.image_shape = image_shape
+  if dataset == "digits":
+    c.data.bits = None              # 17 grey levels, not a power of two.
+    c.data.num_levels = 17
+  else:
+    c.data.bits = 3                 # The paper trained and evaluated on 3-bit data.
+    c.data.num_levels = 8           # = 2**bits, kept in sync by finalize().
+  c.data.split = "standard"         # "standard" | "paper" (authors' 60/20/20 re-split).
+  c.data.celeba_preprocess = "authors"  # "authors" (every other pixel + crop) | "center_crop".
+
+  # ---------------------------------------------------------------- model
+  m = c.model = ml_collections.ConfigDict()
+  m.prior = kind                    # "normal" (NF) | "nif" | "deepnif".
+  m.latent_dim = latent             # k (0 for the NF baseline).
+  m.num_scales = num_scales
+  m.steps_per_scale = 16
+  m.width = 512 if kind == "deepnif" else 256  # Deep NIF: 512 channels (App. B.4).
+  # Invertible 1x1 conv: "lu" is Glow's (the paper builds on Glow); the authors'
+  # code used "colnorm" (column-normalised, orthogonal init). Same parameter count.
+  m.conv = "lu"
+  m.coupling = "affine"
+  # The authors' squeeze ordering (channel-major); "glow" is the usual one.
+  m.squeeze = "channel_major"
+  m.logit_lambda = 0.05
+  # Sampling noise: "learned" uses the learned Sigma (the math); the authors'
+  # sampler added isotropic noise ("isotropic"), which made the paper's FIDs.
+  m.sample_noise = "learned"
+  # The paper's NIF has a bias b (x = Az + b + eps); the authors' code had none.
+  m.nif_bias = True
+  # Deep NIF low-dimensional flow (App. B.4) and its importance-weighted bound.
+  m.lowdim_layers = 10
+  m.lowdim_hidden = 1024
+  m.lowdim_depth = 4
+  m.num_iw_samples = 16             # N in training (authors: 16).
+
+  # ---------------------------------------------------------------- training
+  c.seed = 0
+  c.batch_size = 32
+  c.total_steps = 200_000
+  c.learning_rate = 1e-4
+  c.warmup_steps = 10_000
+  c.grad_clip = 5.0
+  c.checkpoint_every = 5_000
+  c.keep_checkpoints = 3
+  c.log_every = 100
+  c.sample_every = 5_000
+  c.num_sample_images = 64
+  c.on_nonfinite = "skip"           # "skip" the step, or "stop" the run.
+  c.eval_batches = 10
+  c.registry_dir = None             # Where train.py registers the run (None: don't).
+
+  if dataset == "digits":
+    # Sized to train in minutes on 2 CPU cores.
+    m.steps_per_scale = 4
+    m.width = 64
+    c.batch_size = 64
+    c.total_steps = 3_000
+    c.learning_rate = 2e-3
+    c.warmup_steps = 200
+    c.checkpoint_every = 500
+    c.log_every = 100
+    c.sample_every = 1_000
+    c.eval_batches = 4
+
+  for p in parts[1:]:
+    _apply_override(c, p)
+  return finalize(c)
+
+
+def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Re-derives dependent fields after overrides (``num_levels = 2**bits``)."""
+  if c.data.bits is not None:
+    if not 1 <= c.data.bits <= 8:
+      raise ValueError(f"data.bits must be in [1, 8], got {c.data.bits}.")
+    c.data.num_levels = 2 ** c.data.bits
+  return c
+
+
+def _model_kind(model: str) -> tuple[str, int]:
+  match = _MODEL_RE.match(model)
+  if match is None:
+    raise ValueError(f"Cannot parse model name {model!r}.")
+  if model == "nf":
+    return "normal", 0
+  if match.group(2):
+    return "nif", int(match.group(2))
+  return "deepnif", int(match.group(3))
+
+
+def _apply_override(c: ml_collections.ConfigDict, part: str):
+  if part == "tiny":
+    # Shrinks the model and the run for tests and smoke runs.
+    m = c.model
+    m.steps_per_scale = 2
+    m.width = 8
+    m.lowdim_layers = 2
+    m.lowdim_hidden = 16
+    m.lowdim_depth = 2
+    m.num_iw_samples = 4
+    c.batch_size = 8
+    c.total_steps = 20
+    c.warmup_steps = 5
+    c.checkpoint_every = 10
+    c.log_every = 5
+    c.sample_every = 10
+    c.num_sample_images = 16
+    c.eval_batches = 2
+    return
+  key, eq, value = part.partition("=")
+  if not eq or key not in _SHORTCUTS:
+    raise ValueError(
+        f"Unknown config override {part!r}; use 'tiny' or key=value with key in "
+        f"{sorted(_SHORTCUTS)}.")
+  section, field = _SHORTCUTS[key]
+  target = c if section is None else c[section]
+  target[field] = _parse_value(value)

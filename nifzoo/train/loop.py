@@ -1,0 +1,226 @@
+"""The training loop: data -> jit step on a data-parallel mesh -> metrics,
+samples and checkpoints, resuming exactly from the workdir.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+from etils import epath
+from flax import nnx
+
+from nifzoo import configs as configs_lib
+from nifzoo import data as data_lib
+from nifzoo import images as images_lib
+from nifzoo import models
+from nifzoo.train import checkpoint as ckpt_lib
+from nifzoo.train import mesh as mesh_lib
+from nifzoo.train import step as step_lib
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when a step's loss or gradient is not finite and the config says stop."""
+
+
+def create_state(config, mesh):
+  """Builds the model (same on every process) -> (graphdef, replicated TrainState)."""
+  model = models.build(config, rngs=nnx.Rngs(config.seed))
+  tx = step_lib.make_optimizer(config)
+  graphdef, state = step_lib.init_state(model, tx, config.seed)
+  repl = mesh_lib.replicated(mesh)
+  state = jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(repl, np.asarray(x)),
+      state)
+  return graphdef, tx, state
+
+
+def initialize_actnorms(graphdef, state, images, mesh):
+  """Data-dependent init of every ActNorm from one global batch (under jit)."""
+
+  @functools.partial(jax.jit, out_shardings=mesh_lib.replicated(mesh))
+  def init_fn(params, rest, images):
+    model = nnx.merge(graphdef, params, rest)
+    model.initialize(images)
+    _, params, rest = step_lib.split_model(model)
+    return params, rest
+
+  params, rest = init_fn(state.params, state.rest, images)
+  return state._replace(params=params, rest=rest)
+
+
+def make_sample_fn(graphdef):
+
+  @functools.partial(jax.jit, static_argnums=(3,))
+  def sample_fn(params, rest, key, n, noise_scale):
+    model = nnx.merge(graphdef, params, rest)
+    return model.to_float_images(model.sample(key, n, noise_scale=noise_scale))
+
+  return sample_fn
+
+
+def make_eval_fn(graphdef):
+
+  @jax.jit
+  def eval_fn(params, rest, images, key):
+    model = nnx.merge(graphdef, params, rest)
+    return jnp.mean(model.bits_per_dim(images, key=key))
+
+  return eval_fn
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints).
+
+  Returns the final metrics (train bits/dim averaged since the last log, test
+  bits/dim, number of skipped non-finite steps).
+  """
+  config = configs_lib.finalize(config)
+  if config.on_nonfinite not in ("skip", "stop"):
+    raise ValueError(
+        f"on_nonfinite must be 'skip' or 'stop', got {config.on_nonfinite!r}.")
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  is_chief = jax.process_index() == 0
+  mesh = mesh_lib.make_mesh()
+  mesh_lib.check_batch_size(config.batch_size)
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=not is_chief, asynchronous=False)
+  writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()
+                        if isinstance(v, (int, float, str, bool))})
+
+  train_iter = iter(data_lib.make_dataset(
+      config.data, "train", global_batch_size=config.batch_size,
+      seed=config.seed, shuffle=True, repeat=True))
+  graphdef, tx, state = create_state(config, mesh)
+  dim = int(np.prod(config.data.image_shape))
+
+  mngr = ckpt_lib.manager(workdir, max_to_keep=config.keep_checkpoints)
+  start = mngr.latest_step()
+  if start is not None:
+    target = ckpt_lib.abstract_like(state, mesh_lib.replicated(mesh))
+    state = ckpt_lib.restore(mngr, start, target, train_iter)
+    logging.info("Resumed from %s at step %d.", mngr.directory, start)
+  else:
+    start = 0
+    init_iter = iter(data_lib.make_dataset(
+        config.data, "train", global_batch_size=config.batch_size,
+        seed=config.seed + 1, shuffle=True, repeat=True))
+    init_batch = mesh_lib.global_batch(mesh, next(init_iter)["image"])
+    state = initialize_actnorms(graphdef, state, init_batch, mesh)
+    logging.info("Initialised every ActNorm from one batch of %d images.",
+                 config.batch_size)
+
+  repl = mesh_lib.replicated(mesh)
+  train_step = jax.jit(step_lib.make_train_step(graphdef, tx, config),
+                       donate_argnums=(0,), out_shardings=(repl, repl))
+  sample_fn = make_sample_fn(graphdef)
+  eval_fn = make_eval_fn(graphdef)
+  progress = periodic_actions.ReportProgress(
+      num_train_steps=config.total_steps, writer=writer, every_secs=None,
+      every_steps=config.log_every)
+  sample_key = jax.random.key(config.seed + 2)
+
+  def write_samples(step):
+    if config.model.prior == "normal":
+      settings = {"samples": 1.0}
+    else:
+      settings = {"samples_s0": 0.0, "samples_s1": 1.0}
+    grids = {}
+    for name, s in settings.items():
+      imgs = np.asarray(sample_fn(state.params, state.rest, sample_key,
+                                  config.num_sample_images, s))
+      grids[name] = images_lib.grid(imgs, scale=4 if imgs.shape[1] < 32 else 1)
+      if is_chief:
+        images_lib.save_png(
+            os.path.join(workdir, "samples", f"{name}_{step:07d}.png"),
+            grids[name])
+    writer.write_images(step, {k: v[None] for k, v in grids.items()})
+
+  def evaluate(step):
+    it = iter(data_lib.make_dataset(
+        config.data, "test", global_batch_size=config.batch_size,
+        seed=config.seed, shuffle=False, repeat=True))
+    key = jax.random.key(config.seed + 3)
+    vals = [eval_fn(state.params, state.rest,
+                    mesh_lib.global_batch(mesh, next(it)["image"]),
+                    jax.random.fold_in(key, i))
+            for i in range(config.eval_batches)]
+    test_bpd = float(np.mean(jax.device_get(vals)))
+    writer.write_scalars(step, {"test_bits_per_dim": test_bpd})
+    return test_bpd
+
+  sums, count, skipped, last = {}, 0, 0, {}
+  step = start
+  saved_step = start if start else None
+  logging.info("Training %s for %d steps (batch %d on %d devices, %d processes).",
+               config.name, config.total_steps, config.batch_size,
+               jax.device_count(), jax.process_count())
+  t0 = time.time()
+  try:
+    while step < config.total_steps:
+      batch = next(train_iter)
+      images = mesh_lib.global_batch(mesh, batch["image"])
+      state, metrics = train_step(state, images)
+      step += 1
+      metrics = jax.device_get(metrics)
+      if not metrics["finite"]:
+        skipped += 1
+        msg = (f"Non-finite loss or gradient at step {step} (bits/dim="
+               f"{metrics['bits_per_dim']}, grad_norm={metrics['grad_norm']}).")
+        if config.on_nonfinite == "stop":
+          raise NonFiniteLossError(msg + " Stopping (config.on_nonfinite='stop').")
+        logging.warning("%s Step skipped: parameters unchanged.", msg)
+      else:
+        for k in ("bits_per_dim", "grad_norm", "learning_rate"):
+          sums[k] = sums.get(k, 0.0) + float(metrics[k])
+        count += 1
+      progress(step)
+      if step % config.log_every == 0 or step == config.total_steps:
+        last = {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
+        last["skipped_steps"] = skipped
+        writer.write_scalars(step, last)
+        rate = (step - start) / max(time.time() - t0, 1e-9)
+        eta = (config.total_steps - step) / max(rate, 1e-9)
+        logging.info("step %d/%d  train bits/dim %.4f  %.2f steps/s  ETA %s",
+                     step, config.total_steps,
+                     last.get("train_bits_per_dim", float("nan")), rate,
+                     _format_secs(eta))
+        sums, count = {}, 0
+      if step % config.sample_every == 0 or step == config.total_steps:
+        write_samples(step)
+      if step % config.checkpoint_every == 0 or step == config.total_steps:
+        last["test_bits_per_dim"] = evaluate(step)
+        ckpt_lib.save(mngr, step, state, train_iter)
+        saved_step = step
+  finally:
+    # Whatever stopped the loop (an error, Ctrl-C, preemption), keep the work:
+    # the state is only ever replaced by finite updates, so it is safe to save.
+    if step != saved_step and step > 0:
+      logging.warning("Saving a checkpoint at step %d before exiting.", step)
+      ckpt_lib.save(mngr, step, state, train_iter)
+    mngr.wait_until_finished()
+    writer.flush()
+  last["skipped_steps"] = skipped
+  return last
+
+
+def _format_secs(secs: float) -> str:
+  secs = int(secs)
+  return f"{secs // 3600}h{secs % 3600 // 60:02d}m{secs % 60:02d}s"
+
+
+def _flatten(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out

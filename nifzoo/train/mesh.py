@@ -1,0 +1,75 @@
+"""One data-parallel code path from one CPU to a TPU pod.
+
+The mesh has one axis, ``data``: the global batch is split over it and the
+parameters are replicated. On several hosts every process feeds its own
+shard of the batch and :func:`global_batch` assembles the global array.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def maybe_initialize_distributed(enabled: bool | None = None, **kwargs) -> None:
+  """Calls ``jax.distributed.initialize()`` for multi-host runs only.
+
+  ``enabled=None`` reads the environment: ``NIFZOO_DISTRIBUTED=1`` or the
+  variables that Cloud TPU pods / SLURM set. On a single non-TPU host the call
+  would fail, which is why big_vision guards it the same way. Keyword
+  arguments (``coordinator_address``, ``num_processes``, ``process_id``) pass
+  through, for CPU clusters on 127.0.0.1.
+  """
+  if enabled is None:
+    enabled = os.environ.get("NIFZOO_DISTRIBUTED", "0") == "1" or bool(
+        os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") >= 1)
+  if not enabled:
+    return
+  if jax.default_backend() == "cpu" or kwargs.get("coordinator_address"):
+    # Cross-process collectives on CPU need gloo.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**kwargs)
+  logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D ``data`` mesh over every device of every process (Auto axis type).
+
+  jax 0.10's ``make_mesh`` defaults to Explicit axes, under which Glow's
+  squeeze reshapes fail; Auto lets XLA propagate the batch sharding.
+  """
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def check_batch_size(global_batch_size: int) -> int:
+  """The global batch must divide by the number of processes and of devices."""
+  for what, n in (("processes", jax.process_count()),
+                  ("devices", jax.device_count())):
+    if global_batch_size % n:
+      raise ValueError(
+          f"batch_size={global_batch_size} must be divisible by the number of "
+          f"{what} ({n}); choose a multiple of {n}.")
+  return global_batch_size // jax.process_count()
+
+
+def global_batch(mesh, local_batch: np.ndarray) -> jax.Array:
+  """Assembles a batch-sharded global array from this process's shard."""
+  return jax.make_array_from_process_local_data(batch_sharded(mesh),
+                                                np.asarray(local_batch))
