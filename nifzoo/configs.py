@@ -19,6 +19,8 @@ import re
 
 import ml_collections
 
+from nifzoo import data as data_lib
+
 # dataset short name -> (tfds name, image shape, num_scales, model names).
 DATASETS = {
     "fmnist": ("fashion_mnist", (28, 28, 1), 2,
@@ -101,18 +103,14 @@ def build_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigD
   c.dataset = dataset
 
   # ---------------------------------------------------------------- data
-  c.data = ml_collections.ConfigDict()
-  c.data.name = tfds_name
-  c.data.data_dir = None            # tfds data_dir (a gs:// bucket on TPU).
-  c.data.image_shape = image_shape
-  if dataset == "digits":
-    c.data.bits = None              # 17 grey levels, not a power of two.
-    c.data.num_levels = 17
-  else:
-    c.data.bits = 3                 # The paper trained and evaluated on 3-bit data.
-    c.data.num_levels = 8           # = 2**bits, kept in sync by finalize().
-  c.data.split = "standard"         # "standard" | "paper" (authors' 60/20/20 re-split).
-  c.data.celeba_preprocess = "authors"  # "authors" (every other pixel + crop) | "center_crop".
+  # 3-bit data for the paper datasets, 17 grey levels for digits; standard
+  # splits ("paper": the authors' 60/20/20 re-split); CelebA preprocessing
+  # "authors" (every other pixel + crop) or "center_crop".
+  c.data = data_lib.default_data_config(tfds_name)
+  if "bits" not in c.data:
+    c.data.bits = None              # digits: 17 levels, not a power of two.
+  if "celeba_preprocess" not in c.data:
+    c.data.celeba_preprocess = "authors"  # Unused outside celeb_a.
 
   # ---------------------------------------------------------------- model
   m = c.model = ml_collections.ConfigDict()
@@ -179,6 +177,7 @@ def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if not 1 <= c.data.bits <= 8:
       raise ValueError(f"data.bits must be in [1, 8], got {c.data.bits}.")
     c.data.num_levels = 2 ** c.data.bits
+  data_lib.check_data_config(c.data)
   return c
 
 

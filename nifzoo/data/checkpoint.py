@@ -52,7 +52,8 @@ class DataIteratorHandler(grain.checkpoint.CheckpointHandler):
   def save(self, directory: epath.Path, item: Any = None, args: Any = None):
     it = item if item is not None else args.item
     directory = epath.Path(directory)
-    state = json.dumps(it.get_state(), indent=2)
+    state = getattr(args, "state", None)
+    state = json.dumps(it.get_state() if state is None else state, indent=2)
     (directory / _filename(*_process_of(it))).write_text(state)
 
   def restore(self, directory: epath.Path, item: Any = None, args: Any = None):
@@ -79,7 +80,9 @@ class DataIteratorHandler(grain.checkpoint.CheckpointHandler):
 @ocp.args.register_with_handler(DataIteratorHandler, for_save=True)
 @dataclasses.dataclass
 class DataIteratorSave(ocp.args.CheckpointArgs):
+  """``item``: the iterator; ``state``: its state when the args were made."""
   item: Any
+  state: dict[str, Any] | None = None
 
 
 @ocp.args.register_with_handler(DataIteratorHandler, for_restore=True)
@@ -89,8 +92,11 @@ class DataIteratorRestore(ocp.args.CheckpointArgs):
 
 
 def iterator_save_args(it) -> DataIteratorSave:
-  """Orbax args saving iterator ``it``'s state (use inside ``ocp.args.Composite``)."""
-  return DataIteratorSave(it)
+  """Orbax args saving iterator ``it``'s state (use inside ``ocp.args.Composite``).
+
+  The state is captured now, so advancing ``it`` while Orbax writes is safe.
+  """
+  return DataIteratorSave(it, it.get_state())
 
 
 def iterator_restore_args(it) -> DataIteratorRestore:

@@ -83,6 +83,11 @@ class Logit(nnx.Module):
     y = checks.check_float(y, "y")
     if y.ndim < 1:
       raise ValueError(f"y must have shape (B, ...), got {y.shape}.")
+    if checks.is_concrete(y) and np.size(y):
+      arr = np.asarray(y)
+      if arr.min() < 0 or arr.max() > 1:
+        raise ValueError("y must lie in [0, 1] (dequantised data), got range "
+                         f"[{arr.min()}, {arr.max()}].")
     yp = self.lam + (1.0 - 2.0 * self.lam) * y
     log_yp, log_1m_yp = jnp.log(yp), jnp.log1p(-yp)
     v = log_yp - log_1m_yp

@@ -31,14 +31,18 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def create_state(config, mesh):
-  """Builds the model (same on every process) -> (graphdef, replicated TrainState)."""
-  model = models.build(config, rngs=nnx.Rngs(config.seed))
+  """Builds the model (same on every process) -> (graphdef, tx, replicated TrainState).
+
+  The parameters are created inside one jit-compiled program whose outputs are
+  replicated over the mesh (global arrays on every process). Initialisers draw
+  from an "rbg" key: on CPU, XLA compiles each threefry draw for seconds.
+  """
   tx = step_lib.make_optimizer(config)
-  graphdef, state = step_lib.init_state(model, tx, config.seed)
-  repl = mesh_lib.replicated(mesh)
-  state = jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(repl, np.asarray(x)),
-      state)
+  build = lambda: models.build(
+      config, rngs=nnx.Rngs(jax.random.key(config.seed, impl="rbg")))
+  graphdef, _, _ = step_lib.split_model(nnx.eval_shape(build))
+  state = jax.jit(lambda: step_lib.init_state(build(), tx, config.seed)[1],
+                  out_shardings=mesh_lib.replicated(mesh))()
   return graphdef, tx, state
 
 

@@ -1,0 +1,64 @@
+"""A vectorised stack of identical bijections, iterated with ``nnx.scan``.
+
+The ``num_steps`` copies are built once with ``nnx.vmap`` (their parameters carry a
+leading ``num_steps`` axis, per-step keys from ``nnx.split_rngs``) and applied with
+``nnx.scan``, so the traced program holds ONE step body whatever ``num_steps`` is:
+compile time does not grow with depth.
+
+Both scans use ``nnx.scan(..., graph_updates=False)``: variable updates (ActNorm's
+data-dependent init) still flow back to the stack, and a model closed over by a plain
+JAX transform (``jax.jacfwd``/``jax.vmap`` of ``lambda x: model.forward(x)``) still
+works; the default graph-updates scan refuses Variables from an outer trace level
+("Cannot extract graph node from different trace level"). Data-dependent init itself
+must run eagerly or under ``nnx.jit`` (it writes the variables).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax.numpy as jnp
+from flax import nnx
+
+from nifzoo import checks
+
+
+class ScannedStack(nnx.Module):
+  """``num_steps`` bijections ``make_step(rngs=rngs)`` composed in order.
+
+  forward: ``z = f_{n-1}(... f_0(x))``, ``log_det = sum_i log_det_i`` (B,);
+  inverse: ``x = f_0^{-1}(... f_{n-1}^{-1}(z))`` (a reversed scan).
+  The stacked step module is ``self.steps`` (leading axis = step index).
+  """
+
+  def __init__(self, make_step: Callable[..., nnx.Module],
+               num_steps: int, *, rngs: nnx.Rngs):
+    self.num_steps = checks.check_positive_int(num_steps, "num_steps")
+
+    @nnx.split_rngs(splits=self.num_steps)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def create(rngs):
+      return make_step(rngs=rngs)
+
+    self.steps = create(rngs)
+
+  def forward(self, x):
+    """x (B, ...) -> (z (B, ...), log_det (B,))."""
+
+    @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry, graph_updates=False)
+    def body(step, carry):
+      h, log_det = carry
+      h, ld = step.forward(h)
+      return h, log_det + ld
+
+    return body(self.steps, (x, jnp.zeros((x.shape[0],), jnp.float32)))
+
+  def inverse(self, z):
+    """z (B, ...) -> x, steps applied in reverse order."""
+
+    @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry, reverse=True,
+              graph_updates=False)
+    def body(step, h):
+      return step.inverse(h)
+
+    return body(self.steps, z)

@@ -1,0 +1,189 @@
+"""Scanned stacks, data-dependent init, the multi-scale Glow and the low-dim flow."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+from flax import nnx
+
+from nifzoo import flows
+from test_flows_oracles import assert_bijection, normal, num_params, perturb, rngs
+
+
+def _stats_ok(z, axes):
+  np.testing.assert_allclose(np.mean(z, axes), 0.0, atol=1e-4)
+  np.testing.assert_allclose(np.std(z, axes), 1.0, atol=1e-3)
+
+
+def _step(stack, i):
+  """Step i of a vectorised stack as a standalone module (an independent copy)."""
+  graphdef, state = nnx.split(stack.steps)
+  return nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny_glow(conv, coupling, squeeze):
+  """(4, 4, 2), 2 scales x 2 steps, width 8: data-initialised, then perturbed."""
+  glow = flows.Glow((4, 4, 2), 2, 2, 8, conv=conv, coupling=coupling,
+                    squeeze=squeeze, rngs=rngs(0))
+  with flows.data_init(glow):
+    nnx.jit(lambda m, x: m.forward(x))(glow, normal((16, 4, 4, 2), seed=3, loc=1.0,
+                                                    scale=2.0))
+  return perturb(glow, 7, scale=0.05)
+
+
+# -- data-dependent init in a scanned stack -------------------------------------
+
+def test_data_init_reaches_every_step_of_a_scanned_stack():
+  c = 4
+  stack = flows.ScannedStack(functools.partial(flows.GlowStep, c, 8), 2, rngs=rngs(1))
+  perturb(stack, 2, scale=0.2)           # non-trivial couplings
+  x = normal((16, 3, 3, c), seed=4, loc=-1.0, scale=3.0)
+  assert not flows.is_initialized(stack)
+  with flows.data_init(stack):
+    z, log_det = nnx.jit(lambda m, x: m.forward(x))(stack, x)
+  assert flows.is_initialized(stack)
+  np.testing.assert_array_equal(stack.steps.actnorm.initialized[...], [True, True])
+
+  # Run the steps one at a time: each ActNorm normalises its OWN input.
+  step0, step1 = _step(stack, 0), _step(stack, 1)
+  _stats_ok(step0.actnorm.forward(x)[0], (0, 1, 2))
+  h, ld0 = step0.forward(x)
+  _stats_ok(step1.actnorm.forward(h)[0], (0, 1, 2))
+  z1, ld1 = step1.forward(h)
+  np.testing.assert_allclose(z, z1, atol=1e-5)
+  np.testing.assert_allclose(log_det, ld0 + ld1, rtol=1e-5)
+  # reversed scan
+  np.testing.assert_allclose(stack.inverse(z), x, atol=1e-4)
+
+
+def test_glow_data_init_flags_state_and_idempotence():
+  glow = flows.Glow((4, 4, 2), 2, 2, 8, rngs=rngs(2))
+  assert not flows.is_initialized(glow)
+  fwd = nnx.jit(lambda m, x: m.forward(x))
+  with flows.data_init(glow):
+    fwd(glow, normal((8, 4, 4, 2), seed=5, loc=3.0))
+  assert flows.is_initialized(glow)
+  flags = jax.tree.leaves(nnx.state(glow, flows.ActNormInitialized))
+  assert len(flags) == 2 and all(f.shape == (2,) and f.all() for f in flags)
+  assert all(not m.data_init_mode for _, m in nnx.iter_modules(glow)
+             if isinstance(m, flows.ActNorm))
+  before = jax.tree.map(np.asarray, nnx.state(glow))
+  with flows.data_init(glow):             # different data: must change nothing
+    fwd(glow, normal((8, 4, 4, 2), seed=6, loc=-2.0, scale=5.0))
+  jax.tree.map(np.testing.assert_array_equal, before,
+               jax.tree.map(np.asarray, nnx.state(glow)))
+  # A model restored from a saved state keeps the flag, so it never re-inits.
+  fresh = flows.Glow((4, 4, 2), 2, 2, 8, rngs=rngs(3))
+  nnx.update(fresh, before)
+  assert flows.is_initialized(fresh)
+
+
+# -- the whole Glow --------------------------------------------------------------
+
+@pytest.mark.parametrize("conv,coupling,squeeze", [
+    ("lu", "affine", "channel_major"), ("colnorm", "additive", "glow")])
+def test_tiny_glow_is_a_bijection(conv, coupling, squeeze):
+  glow = _tiny_glow(conv, coupling, squeeze)
+  x = normal((2, 4, 4, 2), seed=8)
+  z, _ = assert_bijection(glow, x, atol_ld=5e-3)
+  assert z.shape == x.shape
+
+
+def test_glow_factor_out_keeps_the_first_half():
+  """The factored-out half skips the later scales; the other half goes through them."""
+  glow = _tiny_glow("lu", "affine", "channel_major")
+  x = normal((1, 4, 4, 2), seed=9)
+  z = flows.squeeze(glow.forward(x)[0])
+  b = glow.scales[0].forward(flows.squeeze(x))[0]
+  np.testing.assert_allclose(z[..., :4], b[..., :4], atol=1e-5)
+
+
+def _glow_formula(shape, scales, steps, f):
+  total, c = 0, shape[-1]
+  for s in range(scales):
+    c = 4 * c if s == 0 else 4 * (c // 2)
+    total += steps * (2 * c + c * c + 9 * (c // 2) * f + f + f * f + f
+                      + 9 * f * c + c)
+  return total
+
+
+@pytest.mark.parametrize("shape,scales,expected", [
+    ((64, 64, 3), 5, 26_657_472), ((32, 32, 3), 4, 14_384_832),
+    ((28, 28, 1), 2, 2_778_944)])
+@pytest.mark.parametrize("conv", ["lu", "colnorm"])
+def test_glow_parameter_count_matches_authors(shape, scales, expected, conv):
+  assert _glow_formula(shape, scales, 16, 256) == expected
+  model = nnx.eval_shape(lambda: flows.Glow(shape, scales, 16, 256, conv=conv,
+                                            rngs=nnx.Rngs(0)))
+  assert num_params(model) == expected
+  assert flows.glow_num_params(shape, scales, 16, 256) == expected
+
+
+def _num_eqns(jaxpr):
+  n = 0
+  for eqn in jaxpr.eqns:
+    n += 1
+    for p in eqn.params.values():
+      for sub in (p if isinstance(p, (tuple, list)) else (p,)):
+        if isinstance(sub, jax.extend.core.ClosedJaxpr):
+          n += _num_eqns(sub.jaxpr)
+        elif isinstance(sub, jax.extend.core.Jaxpr):
+          n += _num_eqns(sub)
+  return n
+
+
+def test_scanned_steps_trace_one_body():
+  """The traced program (hence compile time) does not grow with steps_per_scale."""
+  sizes = []
+  for steps in (2, 7):
+    model = nnx.eval_shape(lambda: flows.Glow((8, 8, 1), 2, steps, 4, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    x = jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32)
+    fwd = jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s).forward(x))(state, x)
+    inv = jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s).inverse(x))(state, x)
+    sizes.append((_num_eqns(fwd.jaxpr), _num_eqns(inv.jaxpr)))
+  assert sizes[0] == sizes[1]
+
+
+def test_glow_validation():
+  with pytest.raises(ValueError, match=r"divisible by 2\*\*num_scales = 8"):
+    flows.Glow((28, 28, 1), 3, 1, 4, rngs=rngs(0))
+  with pytest.raises(ValueError, match="conv must be one of"):
+    flows.Glow((4, 4, 1), 1, 1, 4, conv="svd", rngs=rngs(0))
+  with pytest.raises(ValueError, match="squeeze must be one of"):
+    flows.Glow((4, 4, 1), 1, 1, 4, squeeze="nchw", rngs=rngs(0))
+  with pytest.raises(ValueError, match="input_shape must be"):
+    flows.Glow((4, 4), 1, 1, 4, rngs=rngs(0))
+  with pytest.raises(ValueError, match="steps_per_scale"):
+    flows.Glow((4, 4, 1), 1, 0, 4, rngs=rngs(0))
+  glow = _tiny_glow("lu", "affine", "channel_major")
+  with pytest.raises(ValueError, match=r"x must have shape \(B, 4, 4, 2\)"):
+    glow.forward(jnp.zeros((2, 4, 4, 1)))
+  with pytest.raises(TypeError, match="x must be a floating-point"):
+    glow.forward(jnp.zeros((2, 4, 4, 2), jnp.int32))
+  with pytest.raises(ValueError, match=r"z must have shape \(B, 4, 4, 2\)"):
+    glow.inverse(jnp.zeros((4, 4, 2)))
+
+
+# -- low-dimensional flow ----------------------------------------------------------
+
+def test_lowdim_flow():
+  flow = flows.LowDimFlow(4, num_layers=3, hidden=16, mlp_depth=2, rngs=rngs(4))
+  assert flow.layers.steps.coupling.net.out.kernel.shape == (3, 16, 4)
+  z_train = normal((32, 4), seed=10, loc=2.0, scale=3.0)
+  with flows.data_init(flow):
+    flow.forward(z_train)
+  assert flows.is_initialized(flow)
+  perturb(flow, 11, scale=0.1)
+  z = normal((3, 4), seed=12)
+  eps, log_det = assert_bijection(flow, z)
+  want = scipy.stats.multivariate_normal(np.zeros(4), np.eye(4)).logpdf(
+      np.asarray(eps, np.float64)) + np.asarray(log_det)
+  np.testing.assert_allclose(flow.log_prob(z), want, rtol=1e-5, atol=1e-4)
+  assert flow.sample(jax.random.key(0, impl="rbg"), 5).shape == (5, 4)
+  with pytest.raises(ValueError, match="z must have 4 features"):
+    flow.forward(jnp.zeros((2, 3)))
