@@ -31,9 +31,9 @@ def maybe_initialize_distributed(enabled: bool | None = None, **kwargs) -> None:
         os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") >= 1)
   if not enabled:
     return
-  if jax.default_backend() == "cpu" or kwargs.get("coordinator_address"):
-    # Cross-process collectives on CPU need gloo.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # Cross-process collectives on CPU need gloo (no effect on TPU/GPU). Asking
+  # for the backend here would initialise it, which must come after this call.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**kwargs)
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                jax.process_index(), jax.process_count(),
