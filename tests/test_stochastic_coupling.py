@@ -45,7 +45,7 @@ def std_normal_logpdf(v):
 def make_vector(seed=0):
   layer = VectorStochasticCoupling(5, 3, 2, 8, rngs=nnx.Rngs(seed))
   rng = np.random.default_rng(seed)
-  d3 = layer.conditioner.dense3
+  d3 = layer.conditioner.out
   d3.kernel[...] = jnp.asarray(0.5 * rng.normal(size=d3.kernel.shape), jnp.float32)
   d3.bias[...] = jnp.asarray(0.3 * rng.normal(size=d3.bias.shape), jnp.float32)
   x = rng.normal(size=(4, 5)).astype(np.float32)
@@ -56,7 +56,7 @@ def make_image(seed=0):
   shape, factors = (4, 4, 3), (2, 1)
   layer = StochasticCoupling(shape, factors, hidden=8, rngs=nnx.Rngs(seed))
   rng = np.random.default_rng(seed)
-  c3 = layer.conditioner.conv3
+  c3 = layer.conditioner.conv_out
   c3.kernel[...] = jnp.asarray(0.2 * rng.normal(size=c3.kernel.shape), jnp.float32)
   c3.bias[...] = jnp.asarray(0.3 * rng.normal(size=c3.bias.shape), jnp.float32)
   x = rng.normal(size=(4,) + shape).astype(np.float32)

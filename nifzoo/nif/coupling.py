@@ -26,11 +26,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from nifzoo import checks
+from nifzoo import flows
 from nifzoo.nif import gaussian
 from nifzoo.nif import linalg
 
@@ -103,44 +103,9 @@ class _Coupling(nnx.Module):
     return gaussian.log_normalizer(self.operator(), b, log_var, x1, s)
 
 
-class ConvConditioner(nnx.Module):
-  """x₂ (B, H, W, C₂) -> (b, log_var) each (B, H, W, C₁).
-
-  3×3 conv F + ReLU → 1×1 conv F + ReLU → zero-initialised 3×3 conv to 2·C₁, so at
-  init b = 0 and log_var = 0.
-  """
-
-  def __init__(self, in_channels: int, out_channels: int, hidden: int, *,
-               rngs: nnx.Rngs):
-    self.out_channels = out_channels
-    self.conv1 = nnx.Conv(in_channels, hidden, (3, 3), rngs=rngs)
-    self.conv2 = nnx.Conv(hidden, hidden, (1, 1), rngs=rngs)
-    self.conv3 = nnx.Conv(hidden, 2 * out_channels, (3, 3),
-                          kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
-
-  def __call__(self, x2):
-    h = jax.nn.relu(self.conv1(x2))
-    h = jax.nn.relu(self.conv2(h))
-    out = self.conv3(h)
-    return out[..., :self.out_channels], out[..., self.out_channels:]
-
-
-class MLPConditioner(nnx.Module):
-  """x₂ (B, D₂) -> (b, log_var) each (B, D₁); two ReLU layers, zero-init output."""
-
-  def __init__(self, in_features: int, out_features: int, hidden: int, *,
-               rngs: nnx.Rngs):
-    self.out_features = out_features
-    self.dense1 = nnx.Linear(in_features, hidden, rngs=rngs)
-    self.dense2 = nnx.Linear(hidden, hidden, rngs=rngs)
-    self.dense3 = nnx.Linear(hidden, 2 * out_features,
-                             kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
-
-  def __call__(self, x2):
-    h = jax.nn.relu(self.dense1(x2))
-    h = jax.nn.relu(self.dense2(h))
-    out = self.dense3(h)
-    return out[..., :self.out_features], out[..., self.out_features:]
+def _split_conditioner_output(out, n):
+  """Conditioner output (B, ..., 2n) -> (b, log_var), each (B, ..., n)."""
+  return out[..., :n], out[..., n:]
 
 
 class StochasticCoupling(_Coupling):
@@ -154,7 +119,7 @@ class StochasticCoupling(_Coupling):
       other C − C₁ channels.
 
   Attributes:
-    conditioner: :class:`ConvConditioner` (x₂ -> b, log_var of x₁).
+    conditioner: :class:`nifzoo.flows.ConvConditioner` (x₂ -> b, log_var of x₁).
   """
 
   def __init__(self, shape: Sequence[int], factors: Sequence[int] = (2, 2),
@@ -174,14 +139,16 @@ class StochasticCoupling(_Coupling):
     self.x1_shape = (H, W, split)
     self.x2_shape = (H, W, C - split)
     self.split = split
-    self.conditioner = ConvConditioner(C - split, split, hidden, rngs=rngs)
+    # Glow's coupling network (zero-init output: b = 0, Sigma = I at init).
+    self.conditioner = flows.ConvConditioner(C - split, hidden, 2 * split,
+                                             rngs=rngs)
 
   def operator(self):
     return linalg.NearestUpsample(self.x1_shape, self.factors)
 
   def conditional(self, x2):
     """b(x₂), log Σ(x₂): each (B, H, W, C₁)."""
-    return self.conditioner(x2)
+    return _split_conditioner_output(self.conditioner(x2), self.split)
 
 
 class VectorStochasticCoupling(_Coupling):
@@ -195,7 +162,7 @@ class VectorStochasticCoupling(_Coupling):
 
   Attributes:
     A: ``nnx.Param`` (D₁, k₁), Glorot-normal init.
-    conditioner: :class:`MLPConditioner` (x₂ -> b, log_var of x₁).
+    conditioner: :class:`nifzoo.flows.MLPConditioner` (x₂ -> b, log_var of x₁).
   """
 
   def __init__(self, dim: int, split: int, latent_dim: int, hidden: int = 64, *,
@@ -216,11 +183,13 @@ class VectorStochasticCoupling(_Coupling):
     self.split = split
     init = nnx.initializers.glorot_normal()
     self.A = nnx.Param(init(rngs.params(), (split, latent_dim), jnp.float32))
-    self.conditioner = MLPConditioner(dim - split, split, hidden, rngs=rngs)
+    # Two ReLU layers, zero-init output (b = 0, Sigma = I at init).
+    self.conditioner = flows.MLPConditioner(dim - split, hidden, 2, 2 * split,
+                                            rngs=rngs)
 
   def operator(self):
     return linalg.DenseLinear(self.A[...])
 
   def conditional(self, x2):
     """b(x₂), log Σ(x₂): each (B, D₁)."""
-    return self.conditioner(x2)
+    return _split_conditioner_output(self.conditioner(x2), self.split)
