@@ -59,9 +59,18 @@ def _run_train(workdir, config_arg, *extra):
   return out
 
 
-def _restore_params(workdir, step):
+def _restore(workdir, step):
   path = os.path.join(workdir, "checkpoints", str(step), "state")
-  return ocp.StandardCheckpointer().restore(path)["params"]
+  return ocp.StandardCheckpointer().restore(path)
+
+
+def _restore_params(workdir, step):
+  return _restore(workdir, step)["params"]
+
+
+def _actnorm_flags(tree):
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return [np.asarray(v) for path, v in flat if "initialized" in jax.tree_util.keystr(path)]
 
 
 def test_resume_is_exact(tmp_path):
@@ -78,6 +87,10 @@ def test_resume_is_exact(tmp_path):
   assert len(leaves_a) == len(leaves_b) > 0
   for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # The ActNorm init flags are in the checkpoint, so a restored model is not
+  # re-initialised (the loop only initialises when there is no checkpoint).
+  flags = _actnorm_flags(_restore(resumed, 4)["rest"])
+  assert flags and all(f.all() for f in flags)
   # The workdir holds TensorBoard logs and sample PNGs.
   assert glob.glob(os.path.join(straight, "events.out.tfevents.*"))
   assert glob.glob(os.path.join(straight, "samples", "samples_s0_*.png"))

@@ -1,0 +1,112 @@
+"""Train-step throughput, peak memory and compile time on this machine.
+
+  python bench/train_step.py            # all cases (several minutes on 2 CPUs)
+  python bench/train_step.py --quick    # the small configs only
+
+Each case runs in its own process, so that its peak RSS (ru_maxrss) is its own:
+build + ActNorm init + compile the jitted train step, then time a few steps
+(images/s, median step time). The CelebA paper config is only compiled
+(lower + compile time of the train step at batch 32). Prints a table and writes
+bench/results/train_step.json.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CASES = [
+    # (registry name with overrides, batch, steps to time, compile only)
+    ("digits-nif8,tiny", 32, 20, False),
+    ("digits-nif16", 64, 20, False),
+    ("cifar10-nif128", 32, 3, False),
+    ("celeba-nif128", 32, 0, True),
+]
+
+
+def run_case(name, batch, steps, compile_only):
+  sys.path.insert(0, ROOT)
+  import jax
+  import numpy as np
+
+  from nifzoo import configs
+  from nifzoo.train import loop
+  from nifzoo.train import mesh as mesh_lib
+  from nifzoo.train import step as step_lib
+
+  config = configs.get_config(name)
+  config.batch_size = batch
+  mesh = mesh_lib.make_mesh()
+  t0 = time.perf_counter()
+  graphdef, tx, state = loop.create_state(config, mesh)
+  jax.block_until_ready(state)
+  build_s = time.perf_counter() - t0
+  rng = np.random.default_rng(0)
+  images = lambda: mesh_lib.global_batch(mesh, rng.integers(
+      0, config.data.num_levels, (batch, *config.data.image_shape), np.int32))
+  step = jax.jit(step_lib.make_train_step(graphdef, tx, config),
+                 donate_argnums=(0,))
+  t0 = time.perf_counter()
+  compiled = step.lower(state, images()).compile()
+  compile_s = time.perf_counter() - t0
+  result = dict(name=name, batch=batch, build_s=build_s, compile_s=compile_s,
+                params=int(sum(x.size for x in jax.tree.leaves(state.params))))
+  if not compile_only:
+    state = loop.initialize_actnorms(graphdef, state, images(), mesh)
+    state, m = compiled(state, images())  # Warm-up.
+    jax.block_until_ready(m)
+    times = []
+    for _ in range(steps):
+      x = images()
+      t0 = time.perf_counter()
+      state, m = compiled(state, x)
+      jax.block_until_ready(m)
+      times.append(time.perf_counter() - t0)
+    med = float(np.median(times))
+    result.update(steps=steps, step_s=med, images_per_s=batch / med,
+                  bits_per_dim=float(m["bits_per_dim"]))
+  result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  return result
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--quick", action="store_true", help="small configs only")
+  p.add_argument("--case", type=int, default=None, help=argparse.SUPPRESS)
+  p.add_argument("--out", default=os.path.join(ROOT, "bench", "results",
+                                               "train_step.json"))
+  args = p.parse_args()
+  if args.case is not None:
+    print(json.dumps(run_case(*CASES[args.case])))
+    return
+  cases = range(2) if args.quick else range(len(CASES))
+  results = []
+  print(f"{'config':<20} {'batch':>5} {'params':>11} {'compile s':>9} "
+        f"{'step s':>8} {'img/s':>8} {'peak RSS MB':>11}", flush=True)
+  for i in cases:
+    out = subprocess.run([sys.executable, __file__, f"--case={i}"],
+                         capture_output=True, text=True)
+    if out.returncode:
+      print(f"{CASES[i][0]}: failed\n{out.stderr[-2000:]}", flush=True)
+      continue
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    results.append(r)
+    step_s = f"{r['step_s']:.3f}" if "step_s" in r else "-"
+    ips = f"{r['images_per_s']:.1f}" if "images_per_s" in r else "-"
+    print(f"{r['name']:<20} {r['batch']:>5} {r['params']:>11,} "
+          f"{r['compile_s']:>9.1f} {step_s:>8} {ips:>8} {r['peak_rss_mb']:>11.0f}",
+          flush=True)
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(dict(machine=dict(cpus=os.cpu_count(), platform=platform.platform()),
+                   results=results), f, indent=2)
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()
