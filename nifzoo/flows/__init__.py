@@ -20,7 +20,9 @@ from nifzoo.flows.actnorm import is_initialized
 from nifzoo.flows.conv1x1 import InvConv1x1
 from nifzoo.flows.coupling import AdditiveCoupling
 from nifzoo.flows.coupling import AffineCoupling
+from nifzoo.flows.coupling import Conv3x3
 from nifzoo.flows.coupling import ConvConditioner
+from nifzoo.flows.coupling import conv3x3
 from nifzoo.flows.coupling import MLPConditioner
 from nifzoo.flows.coupling import VectorAffineCoupling
 from nifzoo.flows.glow import Glow
@@ -40,9 +42,9 @@ from nifzoo.flows.stack import ScannedStack
 
 __all__ = [
     "ActNorm", "ActNormInitialized", "AdditiveCoupling", "AffineCoupling",
-    "ConvConditioner", "Dequantize", "FlowConstant", "Glow", "GlowStep",
+    "Conv3x3", "ConvConditioner", "Dequantize", "FlowConstant", "Glow", "GlowStep",
     "InvConv1x1", "Logit", "LowDimFlow", "LowDimStep", "MLPConditioner",
     "Permute", "Preprocess", "Reverse", "ScannedStack", "Squeeze",
-    "VectorAffineCoupling", "data_init", "glow_num_params", "is_initialized",
+    "VectorAffineCoupling", "conv3x3", "data_init", "glow_num_params", "is_initialized",
     "squeeze", "unsqueeze",
 ]

@@ -31,16 +31,58 @@ from nifzoo.flows import _base
 _zeros = nnx.initializers.zeros
 
 
+def conv3x3(x, kernel):
+  """3x3 'SAME' convolution written as matmuls: (B, H, W, I), (3, 3, I, O) -> (B, H, W, O).
+
+  Equal to ``lax.conv_general_dilated(x, kernel, (1, 1), "SAME")`` (NHWC/HWIO).
+  Small I: im2col (the 9 shifted copies of x concatenated, one matmul).
+  Large I: one matmul to the 9 taps' outputs (B, H, W, 9 O), then shifted sums.
+  Why: inside ``scan`` (the Glow's steps), XLA:CPU (jax 0.10.2) runs the
+  gradient of a native convolution about 30x slower than unrolled, while
+  matmuls run at full speed (bench/train_step.py).
+  """
+  b, h, w, i = x.shape
+  o = kernel.shape[-1]
+  if i <= o:
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    cols = jnp.concatenate(
+        [xp[:, r:r + h, c:c + w, :] for r in range(3) for c in range(3)], axis=-1)
+    return cols @ kernel.reshape(9 * i, o)
+  taps = x @ jnp.transpose(kernel, (2, 0, 1, 3)).reshape(i, 9 * o)
+  taps = jnp.pad(taps.reshape(b, h, w, 3, 3, o),
+                 ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0), (0, 0)))
+  out = taps[:, 0:h, 0:w, 0, 0, :]
+  for r in range(3):
+    for c in range(3):
+      if r or c:
+        out = out + taps[:, r:r + h, c:c + w, r, c, :]
+  return out
+
+
+class Conv3x3(nnx.Module):
+  """3x3 'SAME' conv with bias, parameters laid out as ``nnx.Conv``'s:
+  ``kernel`` (3, 3, I, O) (default LeCun-normal over fan-in 9 I) and ``bias`` (O,)."""
+
+  def __init__(self, in_features: int, out_features: int, *,
+               kernel_init=nnx.initializers.lecun_normal(),
+               bias_init=nnx.initializers.zeros, rngs: nnx.Rngs):
+    self.kernel = nnx.Param(kernel_init(
+        rngs.params(), (3, 3, in_features, out_features), jnp.float32))
+    self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), jnp.float32))
+
+  def __call__(self, x):
+    return conv3x3(x, self.kernel[...]) + self.bias[...]
+
+
 class ConvConditioner(nnx.Module):
   """Glow's coupling network: (B, H, W, c_in) -> (B, H, W, c_out)."""
 
   def __init__(self, in_channels: int, width: int, out_channels: int, *,
                rngs: nnx.Rngs):
-    self.conv_in = nnx.Conv(in_channels, width, (3, 3), padding="SAME",
-                            rngs=rngs)
+    self.conv_in = Conv3x3(in_channels, width, rngs=rngs)
     self.hidden = nnx.Linear(width, width, rngs=rngs)     # the 1x1 conv
-    self.conv_out = nnx.Conv(width, out_channels, (3, 3), padding="SAME",
-                             kernel_init=_zeros, bias_init=_zeros, rngs=rngs)
+    self.conv_out = Conv3x3(width, out_channels, kernel_init=_zeros,
+                            bias_init=_zeros, rngs=rngs)
 
   def __call__(self, x):
     h = nnx.relu(self.conv_in(x))

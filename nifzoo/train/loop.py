@@ -33,16 +33,20 @@ class NonFiniteLossError(FloatingPointError):
 def create_state(config, mesh):
   """Builds the model (same on every process) -> (graphdef, tx, replicated TrainState).
 
-  The parameters are created inside one jit-compiled program whose outputs are
-  replicated over the mesh (global arrays on every process). Initialisers draw
-  from an "rbg" key: on CPU, XLA compiles each threefry draw for seconds.
+  The model is built eagerly from the seed (identical on every process) and
+  each array becomes a global array replicated over the mesh. Initialisers
+  draw from an "rbg" key: on CPU, XLA compiles each threefry draw for about a
+  second. (Building inside one jit program was tried: XLA:CPU in jax 0.10.2
+  hung executing it for the CIFAR-10 paper config.)
   """
   tx = step_lib.make_optimizer(config)
-  build = lambda: models.build(
-      config, rngs=nnx.Rngs(jax.random.key(config.seed, impl="rbg")))
-  graphdef, _, _ = step_lib.split_model(nnx.eval_shape(build))
-  state = jax.jit(lambda: step_lib.init_state(build(), tx, config.seed)[1],
-                  out_shardings=mesh_lib.replicated(mesh))()
+  model = models.build(config,
+                       rngs=nnx.Rngs(jax.random.key(config.seed, impl="rbg")))
+  graphdef, state = step_lib.init_state(model, tx, config.seed)
+  repl = mesh_lib.replicated(mesh)
+  state = jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(repl, np.asarray(x)),
+      state)
   return graphdef, tx, state
 
 
@@ -103,7 +107,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
       config.data, "train", global_batch_size=config.batch_size,
       seed=config.seed, shuffle=True, repeat=True))
   graphdef, tx, state = create_state(config, mesh)
-  dim = int(np.prod(config.data.image_shape))
 
   mngr = ckpt_lib.manager(workdir, max_to_keep=config.keep_checkpoints)
   start = mngr.latest_step()
