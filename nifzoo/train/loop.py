@@ -211,7 +211,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # the state is only ever replaced by finite updates, so it is safe to save.
     if step != saved_step and step > 0:
       logging.warning("Saving a checkpoint at step %d before exiting.", step)
-      ckpt_lib.save(mngr, step, state, train_iter)
+      try:
+        ckpt_lib.save(mngr, step, state, train_iter)
+      except Exception as e:  # Never mask the error that stopped the loop.
+        logging.error("Could not save the exit checkpoint at step %d: %s",
+                      step, e)
     mngr.wait_until_finished()
     writer.flush()
   last["skipped_steps"] = skipped
