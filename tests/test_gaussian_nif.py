@@ -334,3 +334,18 @@ def test_bad_input():
     layer.iw_bound(x, jax.random.key(0), 0)
   with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
     layer.sample(jax.random.key(0), 3, temperature=-1.0)
+
+
+def test_noise_needs_a_key_and_traced_s0_is_not_nan():
+  layer = GaussianNIF(4, 2, rngs=nnx.Rngs(0))
+  z = jnp.ones((3, 2))
+  with pytest.raises(ValueError, match="needs a `key`"):
+    layer.decode(z, noise_scale=0.5)
+  np.testing.assert_array_equal(layer.decode(z, noise_scale=0.0),
+                                layer.decode(z, key=jax.random.key(0), noise_scale=0.0))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4)), jnp.float32)
+  # A jitted sweep over s that includes 0: -inf there (x is off the manifold), no NaN.
+  sweep = jax.jit(jax.vmap(lambda s: layer.log_prob(x, noise_scale=s)))
+  out = np.asarray(sweep(jnp.array([0.0, 0.5, 1.0])))
+  assert np.all(out[0] == -np.inf) and np.all(np.isfinite(out[1:]))
+  np.testing.assert_allclose(out[2], layer.log_prob(x), rtol=1e-6)

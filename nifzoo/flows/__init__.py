@@ -13,6 +13,7 @@ Typical use::
 """
 
 from nifzoo.flows._base import FlowConstant
+from nifzoo.flows._base import standard_normal_log_prob
 from nifzoo.flows.actnorm import ActNorm
 from nifzoo.flows.actnorm import ActNormInitialized
 from nifzoo.flows.actnorm import data_init
@@ -46,5 +47,5 @@ __all__ = [
     "InvConv1x1", "Logit", "LowDimFlow", "LowDimStep", "MLPConditioner",
     "Permute", "Preprocess", "Reverse", "ScannedStack", "Squeeze",
     "VectorAffineCoupling", "conv3x3", "data_init", "glow_num_params", "is_initialized",
-    "squeeze", "unsqueeze",
+    "squeeze", "standard_normal_log_prob", "unsqueeze",
 ]

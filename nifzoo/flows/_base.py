@@ -9,6 +9,8 @@ Every bijection in :mod:`nifzoo.flows` follows the layer contract of
 
 from __future__ import annotations
 
+import math
+
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -52,6 +54,13 @@ def num_positions(x) -> int:
 def per_example(value, x):
   """Broadcasts a scalar log-det to shape (B,) in float32."""
   return jnp.broadcast_to(jnp.asarray(value, jnp.float32), (np.shape(x)[0],))
+
+
+def standard_normal_log_prob(z, event_ndim: int = 1):
+  """log N(z; 0, I) summed over the last ``event_ndim`` axes: (..., *event) -> (...)."""
+  k = int(np.prod(z.shape[z.ndim - event_ndim:]))
+  axes = tuple(range(-event_ndim, 0))
+  return -0.5 * jnp.sum(jnp.square(z), axis=axes) - 0.5 * k * math.log(2 * math.pi)
 
 
 def sum_except_batch(x):

@@ -123,10 +123,6 @@ class Glow(nnx.Module):
     self.width = width
     self.squeeze_order = squeeze
     self.scale_channels = tuple(4 * c * 2**s for s in range(num_scales))
-    for s, cs in enumerate(self.scale_channels):
-      if cs % 2:  # cannot happen (4C 2^s), kept as the documented invariant
-        raise ValueError(f"scale {s} has {cs} channels after squeeze; "
-                         "a coupling needs an even number.")
     self.scales = nnx.List([
         ScannedStack(functools.partial(GlowStep, cs, width, conv=conv,
                                        coupling=coupling),

@@ -9,7 +9,6 @@ on (B, k), one scanned stack; base density N(0, I_k)::
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -70,8 +69,7 @@ class LowDimFlow(nnx.Module):
   def log_prob(self, z):
     """log p(z) (B,) under the flow with an N(0, I) base."""
     eps, log_det = self.forward(z)
-    base = -0.5 * jnp.sum(eps**2, axis=1) - 0.5 * self.dim * math.log(2 * math.pi)
-    return base + log_det
+    return _base.standard_normal_log_prob(eps) + log_det
 
   def sample(self, key: jax.Array, n: int, *, temperature: float = 1.0):
     """n samples (n, dim): z = inverse(temperature * eps), eps ~ N(0, I)."""

@@ -74,8 +74,9 @@ class Logit(nnx.Module):
   """(0, 1) -> R: v = logit(lam + (1 - 2 lam) y), with its exact log-det."""
 
   def __init__(self, lam: float = 0.05):
-    if not 0.0 <= lam < 0.5:
-      raise ValueError(f"lam must lie in [0, 0.5), got {lam}.")
+    if not 0.0 < lam < 0.5:
+      # lam = 0 lets float32 round y to exactly 0 or 1: an infinite logit.
+      raise ValueError(f"lam must lie in (0, 0.5), got {lam}.")
     self.lam = float(lam)
 
   def forward(self, y):

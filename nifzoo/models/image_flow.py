@@ -64,9 +64,8 @@ class ImageFlow(nnx.Module):
     self.dim = int(np.prod(self.image_shape))
     self.prior = prior
     self.num_iw_samples = int(num_iw_samples)
-    self.sample_noise = sample_noise
-    self.dequantize = flows.Dequantize(self.num_levels)
-    self.logit = flows.Logit(logit_lambda)
+    self.sample_noise = nif.gaussian.check_noise_kind(sample_noise)
+    self.preprocess = flows.Preprocess(self.num_levels, logit_lambda)
     self.glow = flows.Glow(self.image_shape, num_scales, steps_per_scale, width,
                            conv=conv, coupling=coupling, squeeze=squeeze,
                            rngs=rngs)
@@ -107,25 +106,25 @@ class ImageFlow(nnx.Module):
     The log-det includes dequantisation (-D log L), logit and Glow. With
     ``key=None`` the dequantisation noise is u = 1/2 (deterministic).
     """
-    y, ld_deq = self.dequantize.forward(x, key=key)
-    v, ld_logit = self.logit.forward(y)
+    v, ld_pre = self.preprocess.forward(x, key)
     v, ld_glow = self.glow.forward(v)
-    return v.reshape(v.shape[0], self.dim), ld_deq + ld_logit + ld_glow
+    return v.reshape(v.shape[0], self.dim), ld_pre + ld_glow
 
   def flow_inverse(self, v):
     """Flow latent (B, D) -> integer images (B, H, W, C) in [0, L)."""
-    v = self.glow.inverse(v.reshape(v.shape[0], *self.image_shape))
-    return self.dequantize.inverse(self.logit.inverse(v))
+    return self.preprocess.inverse(
+        self.glow.inverse(v.reshape(v.shape[0], *self.image_shape)))
 
-  def initialize(self, batch):
+  def initialize(self, batch, key=None):
     """Data-dependent init of every ActNorm from one batch of integer images.
 
-    Idempotent: an ActNorm that is already initialised (e.g. restored from a
-    checkpoint) keeps its parameters.
+    ``key`` draws the dequantisation noise, so the statistics are those of the
+    training inputs (None: u = 1/2). Idempotent: an ActNorm that is already
+    initialised (e.g. restored from a checkpoint) keeps its parameters.
     """
     self._check_images(batch, "batch")
     with flows.data_init(self):
-      v, _ = self.flow_latent(batch)
+      v, _ = self.flow_latent(batch, key=key)
       if self.prior == "deepnif":
         mean, _ = self.nif.stochastic_inverse(v)
         self.lowdim.forward(mean)
@@ -152,7 +151,7 @@ class ImageFlow(nnx.Module):
     deq_key, iw_key = (None, None) if key is None else jax.random.split(key)
     v, log_det = self.flow_latent(x, key=deq_key)
     if self.prior == "normal":
-      log_prior = _std_normal_log_prob(v)
+      log_prior = flows.standard_normal_log_prob(v)
     elif self.prior == "nif":
       log_prior = self.nif.log_prob(v, noise_scale=noise_scale)
     else:
@@ -166,11 +165,12 @@ class ImageFlow(nnx.Module):
     return -self.log_prob(x, **kwargs) / (self.dim * math.log(2.0))
 
   # ------------------------------------------------------------------ latents
-  def encode(self, x, *, kind: str = "stochastic_inverse"):
+  def encode(self, x, *, kind: str = "stochastic_inverse", noise_scale=1.0):
     """Integer images -> latent means, (B, k) (NF: the (B, D) flow latent).
 
-    ``kind="stochastic_inverse"`` is the paper's embedding mu(x);
-    ``"posterior"`` the posterior mean under N(0, I) (the authors' code).
+    ``kind="stochastic_inverse"`` is the paper's embedding mu(x) (independent
+    of s); ``"posterior"`` the posterior mean under N(0, I) with Sigma -> s^2
+    Sigma (the authors' code, s = 1).
     """
     if kind not in ENCODINGS:
       raise ValueError(f"kind must be one of {ENCODINGS}, got {kind!r}.")
@@ -179,7 +179,7 @@ class ImageFlow(nnx.Module):
     if self.prior == "normal":
       return v
     if kind == "posterior":
-      return self.nif.posterior(v)[0]
+      return self.nif.posterior(v, noise_scale=noise_scale)[0]
     return self.nif.stochastic_inverse(v)[0]
 
   def decode(self, z, *, key=None, noise_scale=0.0, noise=None):
@@ -216,19 +216,13 @@ class ImageFlow(nnx.Module):
                           noise_scale=noise_scale, noise=noise)
     else:
       z_key, x_key = jax.random.split(key)
-      eps = temperature * jax.random.normal(z_key, (n, self.latent_dim))
-      z = self.lowdim.inverse(eps)
+      z = self.lowdim.sample(z_key, n, temperature=temperature)
       v = self.nif.decode(z, key=x_key, noise_scale=noise_scale, noise=noise)
     return self.flow_inverse(v)
 
   def to_float_images(self, x):
     """Integer images in [0, L) -> float32 images in [0, 1] for plotting."""
     return jnp.asarray(x, jnp.float32) / (self.num_levels - 1)
-
-
-def _std_normal_log_prob(v):
-  """log N(v; 0, I) summed over the last axis."""
-  return -0.5 * jnp.sum(v * v, axis=-1) - 0.5 * v.shape[-1] * math.log(2 * math.pi)
 
 
 def build(config, *, rngs: nnx.Rngs) -> ImageFlow:

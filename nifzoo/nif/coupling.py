@@ -69,6 +69,9 @@ class _Coupling(nnx.Module):
     one-sample bound (log p(x₁|z₁, x₂) − log q(z₁|x)). Needs s > 0.
     """
     s = gaussian.check_density_scale(noise_scale)
+    if key is None:
+      raise ValueError("forward samples z1 from the stochastic inverse and needs "
+                       "a `key`.")
     x1, x2, b, log_var = self._stats_args(x)
     op = self.operator()
     p = gaussian.project(op, b, log_var, x1, s)
@@ -85,6 +88,7 @@ class _Coupling(nnx.Module):
                        f"{z1.shape[0]} and {x2.shape[0]}.")
     s = checks.check_noise_scale(noise_scale)
     gaussian.check_noise_kind(noise)
+    gaussian.check_decode_key(key, s)
     b, log_var = self.conditional(x2)
     x1 = gaussian.decode(self.operator(), b, log_var, z1, s, key, noise)
     return jnp.concatenate([x1, x2.astype(x1.dtype)], axis=-1)

@@ -26,6 +26,7 @@ import numpy as np
 
 from nifzoo import checks
 from nifzoo.flows import FlowConstant
+from nifzoo.flows import standard_normal_log_prob
 from nifzoo.nif import linalg
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -46,12 +47,6 @@ def _sum_last(v, n: int):
 
 def _sizes(op):
   return math.prod(op.data_shape), math.prod(op.latent_shape)
-
-
-def standard_normal_log_prob(z, event_ndim: int = 1):
-  """log N(z; 0, I) summed over the last ``event_ndim`` axes: (..., *event) -> (...)."""
-  k = math.prod(z.shape[z.ndim - event_ndim:])
-  return -0.5 * _sum_last(jnp.square(z), event_ndim) - 0.5 * k * LOG_2PI
 
 
 def _log_scale(s):
@@ -220,6 +215,28 @@ def check_density_scale(s, name: str = "noise_scale"):
   return s
 
 
+def density_at(fn, s):
+  """Evaluates a density ``fn(s)`` that is singular at s = 0 without NaNs.
+
+  A concrete s = 0 is refused by :func:`check_density_scale`; a traced s = 0
+  (a jitted or vmapped sweep over s) gives -inf, the log-density of a point
+  off the manifold in the injective limit, instead of NaN.
+  """
+  if checks.is_concrete(s):
+    return fn(s)
+  positive = jnp.asarray(s) > 0
+  value = fn(jnp.where(positive, s, 1.0))
+  return jnp.where(positive, value, -jnp.inf)
+
+
+def check_decode_key(key, s):
+  """Noise needs a key: a concrete s > 0 with ``key=None`` is an error."""
+  if key is None and checks.is_concrete(s) and float(np.asarray(s)) > 0:
+    raise ValueError(
+        f"noise_scale={float(np.asarray(s))} > 0 adds noise and needs a `key`; "
+        "pass key=..., or noise_scale=0 for points on the manifold.")
+
+
 def check_noise_kind(noise):
   if noise not in NOISE_KINDS:
     raise ValueError(f"noise must be one of {NOISE_KINDS}, got {noise!r}.")
@@ -262,12 +279,12 @@ class LinearGaussianNIF(nnx.Module):
   def log_prob(self, x, noise_scale=1.0):
     """log p_s(x) = log N(x; b, AAᵀ + s²Σ), closed form (§1 Eq. 13): (B,)."""
     x, s = self._x(x), check_density_scale(noise_scale)
-    return log_prob(*self._args(), x, s)
+    return density_at(lambda s: log_prob(*self._args(), x, s), s)
 
   def log_normalizer(self, x, noise_scale=1.0):
     """log h_s(x), the manifold penalty (§1, §2): (B,)."""
     x, s = self._x(x), check_density_scale(noise_scale)
-    return log_normalizer(*self._args(), x, s)
+    return density_at(lambda s: log_normalizer(*self._args(), x, s), s)
 
   def stochastic_inverse(self, x, noise_scale=1.0):
     """q(z|x) = N(μ(x), s²G⁻¹) (§1) -> (mean (B, *latent), cov)."""
@@ -282,7 +299,7 @@ class LinearGaussianNIF(nnx.Module):
   def elbo(self, x, noise_scale=1.0):
     """Closed-form ELBO for the N(0, I) prior, q = stochastic inverse (§1): (B,)."""
     x, s = self._x(x), check_density_scale(noise_scale)
-    return elbo(*self._args(), x, s)
+    return density_at(lambda s: elbo(*self._args(), x, s), s)
 
   def iw_bound(self, x, key, num_samples: int, log_prior: LogPrior | None = None,
                noise_scale=1.0):
@@ -292,7 +309,8 @@ class LinearGaussianNIF(nnx.Module):
     """
     x, s = self._x(x), check_density_scale(noise_scale)
     n = checks.check_positive_int(num_samples, "num_samples")
-    return iw_bound(*self._args(), x, key, n, s, log_prior)
+    return density_at(
+        lambda s: iw_bound(*self._args(), x, key, n, s, log_prior), s)
 
   def manifold_log_prob(self, x, log_prior: LogPrior | None = None):
     """s = 0 density on the manifold: log p(μ(x)) − ½ log|AᵀA| (§2): (B,)."""
@@ -306,6 +324,7 @@ class LinearGaussianNIF(nnx.Module):
     op, b, log_var = self._args()
     z = check_batch(z, "z", op.latent_shape)
     s = checks.check_noise_scale(noise_scale)
+    check_decode_key(key, s)
     return decode(op, b, log_var, z, s, key, check_noise_kind(noise))
 
   def sample(self, key, n: int, temperature=1.0, noise_scale=1.0,

@@ -54,13 +54,14 @@ def initialize_actnorms(graphdef, state, images, mesh):
   """Data-dependent init of every ActNorm from one global batch (under jit)."""
 
   @functools.partial(jax.jit, out_shardings=mesh_lib.replicated(mesh))
-  def init_fn(params, rest, images):
+  def init_fn(params, rest, images, rng):
     model = nnx.merge(graphdef, params, rest)
-    model.initialize(images)
+    # Dequantisation noise as in training (a key no train step uses).
+    model.initialize(images, key=jax.random.split(jax.random.wrap_key_data(rng))[1])
     _, params, rest = step_lib.split_model(model)
     return params, rest
 
-  params, rest = init_fn(state.params, state.rest, images)
+  params, rest = init_fn(state.params, state.rest, images, state.rng)
   return state._replace(params=params, rest=rest)
 
 
@@ -164,6 +165,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return test_bpd
 
   sums, count, skipped, last = {}, 0, 0, {}
+  iter_state = None
   step = start
   saved_step = start if start else None
   logging.info("Training %s for %d steps (batch %d on %d devices, %d processes).",
@@ -172,10 +174,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   t0 = time.time()
   try:
     while step < config.total_steps:
+      # The iterator position that matches `state`, for an exit checkpoint
+      # taken between fetching a batch and finishing its step.
+      iter_state = train_iter.get_state()
       batch = next(train_iter)
       images = mesh_lib.global_batch(mesh, batch["image"])
       state, metrics = train_step(state, images)
       step += 1
+      iter_state = None
       metrics = jax.device_get(metrics)
       if not metrics["finite"]:
         skipped += 1
@@ -212,6 +218,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if step != saved_step and step > 0:
       logging.warning("Saving a checkpoint at step %d before exiting.", step)
       try:
+        if iter_state is not None:  # Stopped inside a step: rewind one batch.
+          train_iter.set_state(iter_state)
         ckpt_lib.save(mngr, step, state, train_iter)
       except Exception as e:  # Never mask the error that stopped the loop.
         logging.error("Could not save the exit checkpoint at step %d: %s",

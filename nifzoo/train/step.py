@@ -50,6 +50,13 @@ def init_state(model: nnx.Module, tx, seed: int) -> tuple[Any, TrainState]:
                               tx.init(params), rng)
 
 
+def _applied_updates(opt_state):
+  """The schedule's own step count (skipped non-finite steps do not advance it)."""
+  states = jax.tree.leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+  return next(s.count for s in states if isinstance(s, optax.ScaleByScheduleState))
+
+
 def make_train_step(graphdef, tx, config):
   """Returns ``step_fn(state, images) -> (state, metrics)`` (not yet jitted).
 
@@ -81,7 +88,7 @@ def make_train_step(graphdef, tx, config):
         params=keep(params, state.params),
         opt_state=keep(opt_state, state.opt_state))
     metrics = dict(bits_per_dim=loss, grad_norm=grad_norm, finite=finite,
-                   learning_rate=schedule(state.step))
+                   learning_rate=schedule(_applied_updates(state.opt_state)))
     return new_state, metrics
 
   return step_fn
