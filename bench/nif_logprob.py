@@ -33,6 +33,7 @@ from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from nifzoo.nif import GaussianNIF  # noqa: E402
+from nifzoo.nif import StochasticCoupling  # noqa: E402
 from nifzoo.nif import UpsampleNIF  # noqa: E402
 
 BATCH = 32
@@ -130,6 +131,27 @@ def bench_upsample(shapes, repeats):
   return rows
 
 
+def bench_stochastic_coupling(shapes, repeats, hidden=64):
+  """StochasticCoupling (§4): forward (sample z1 + log h) and inverse (generate)."""
+  rows = []
+  for shape in shapes:
+    layer = StochasticCoupling(shape, (2, 2), hidden=hidden, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(layer)
+    fwd = jax.jit(lambda st, x, key: nnx.merge(graphdef, st).forward(x, key))
+    inv = jax.jit(lambda st, z1, x2, key: nnx.merge(graphdef, st).inverse(
+        z1, x2, key=key, noise_scale=1.0))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(BATCH,) + shape), jnp.float32)
+    key = jax.random.key(0)
+    _, t_fwd, (z1, x2, _) = timed(fwd, state, x, key, repeats=repeats)
+    _, t_inv, _ = timed(inv, state, z1, x2, key, repeats=repeats)
+    row = dict(shape=list(shape), factors=[2, 2], hidden=hidden, batch=BATCH,
+               forward_ms=1e3 * t_fwd, inverse_ms=1e3 * t_inv)
+    rows.append(row)
+    print(f"  {str(shape):>16} {row['forward_ms']:>11.3f} {row['inverse_ms']:>11.3f}")
+  return rows
+
+
 def print_gaussian_row(r):
   dense = f"{r['dense_ms']:>11.1f}" if r["dense_ms"] is not None else f"{'—':>11}"
   speed = f"{r['speedup']:>9.0f}x" if r["speedup"] is not None else f"{'—':>10}"
@@ -164,6 +186,11 @@ def main(argv=None):
   print("UpsampleNIF.log_prob, factors (2, 2) (ms per batch)")
   print(f"  {'shape':>16} {'D':>7} {'k':>7} {'ms':>10} {'ns/dim/ex':>10}")
   up = bench_upsample(shapes, args.repeats)
+  print("StochasticCoupling (upsampling A, conv conditioner F=64) (ms per batch)")
+  print(f"  {'shape':>16} {'forward':>11} {'inverse':>11}")
+  # Squeezed image shapes (a coupling needs >= 2 channels to split).
+  coupling = bench_stochastic_coupling(
+      [(h // 2, w // 2, 4 * c) for h, w, c in shapes], args.repeats)
 
   result = dict(
       benchmark="nif_logprob",
@@ -171,7 +198,8 @@ def main(argv=None):
       jax=jax.__version__, backend=jax.default_backend(),
       device=str(jax.devices()[0]), cpus=os.cpu_count(),
       machine=platform.machine(), quick=args.quick, repeats=args.repeats,
-      dense_limit_s=args.dense_limit, gaussian=gauss, upsample=up)
+      dense_limit_s=args.dense_limit, gaussian=gauss, upsample=up,
+      stochastic_coupling=coupling)
   args.out.parent.mkdir(parents=True, exist_ok=True)
   args.out.write_text(json.dumps(result, indent=2) + "\n")
   print(f"wrote {args.out}")

@@ -21,20 +21,9 @@ from scipy.special import logsumexp
 
 from nifzoo.nif import StochasticCoupling
 from nifzoo.nif import VectorStochasticCoupling
+from nif_oracles import dense_upsampling
 
 R = 2000  # samples per point for the bound estimates
-
-
-def dense_upsampling(shape, factors):
-  """A (H·W·C, h·w·C) with A[(i, j, c), (i // rh, j // rw, c)] = 1, row-major."""
-  (H, W, C), (rh, rw) = shape, factors
-  w = W // rw
-  A = np.zeros((H * W * C, (H // rh) * w * C))
-  for i in range(H):
-    for j in range(W):
-      for c in range(C):
-        A[(i * W + j) * C + c, ((i // rh) * w + j // rw) * C + c] = 1.0
-  return A
 
 
 def std_normal_logpdf(v):

@@ -11,23 +11,12 @@ from scipy import stats
 
 from nifzoo.nif import GaussianNIF
 from nifzoo.nif import UpsampleNIF
+from nif_oracles import dense_upsampling
 
 # (H, W, C), (rh, rw): square, non-square and one-sided factors.
 CONFIGS = [((4, 4, 1), (2, 2)), ((4, 3, 2), (2, 1)), ((6, 4, 1), (3, 2))]
 SCALES = [0.3, 1.0, 2.0]
 TOL = dict(rtol=2e-4, atol=2e-3)
-
-
-def dense_upsampling(shape, factors):
-  """A (H·W·C, h·w·C) with A[(i, j, c), (i // rh, j // rw, c)] = 1, row-major."""
-  (H, W, C), (rh, rw) = shape, factors
-  w = W // rw
-  A = np.zeros((H * W * C, (H // rh) * w * C))
-  for i in range(H):
-    for j in range(W):
-      for c in range(C):
-        A[(i * W + j) * C + c, ((i // rh) * w + j // rw) * C + c] = 1.0
-  return A
 
 
 def oracle(A, b, lv, x, s):
