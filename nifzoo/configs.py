@@ -151,7 +151,6 @@ def build_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigD
   c.num_sample_images = 64
   c.on_nonfinite = "skip"           # "skip" the step, or "stop" the run.
   c.eval_batches = 10
-  c.registry_dir = None             # Where train.py registers the run (None: don't).
 
   if dataset == "digits":
     # Sized to train in about a minute on 2 CPU cores. 1,497 training images
