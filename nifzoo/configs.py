@@ -132,10 +132,18 @@ def build_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigD
   # The paper's NIF has a bias b (x = Az + b + eps); the authors' code had none.
   m.nif_bias = True
   # Deep NIF low-dimensional flow (App. B.4) and its importance-weighted bound.
+  # The paper says "4-layer, 1024-unit MLP"; the authors' code has 3 hidden
+  # layers of 1024 plus the output layer: lowdim_depth counts hidden layers.
+  # Their deep-NIF sampler used the learned Sigma (sample_noise "learned");
+  # only their NIF-k sampler was isotropic.
   m.lowdim_layers = 10
   m.lowdim_hidden = 1024
-  m.lowdim_depth = 4
+  m.lowdim_depth = 3
   m.num_iw_samples = 16             # N in training (authors: 16).
+  # Where the paper is silent, the authors' code: every ActNorm is initialised
+  # from one batch (theirs: 1,000 images, and only the first ActNorm of each
+  # scale, a bug; here every ActNorm, from one training batch); ActNorm's
+  # scale is 1 / (std + 1e-5) (flows/actnorm.py, ACTNORM_EPS).
 
   # ---------------------------------------------------------------- training
   c.seed = 0

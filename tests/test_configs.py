@@ -81,7 +81,7 @@ def test_paper_values():
   assert (deep.model.prior, deep.model.latent_dim, deep.model.width) == (
       "deepnif", 128, 512)
   assert (deep.model.lowdim_layers, deep.model.lowdim_hidden,
-          deep.model.lowdim_depth, deep.model.num_iw_samples) == (10, 1024, 4, 16)
+          deep.model.lowdim_depth, deep.model.num_iw_samples) == (10, 1024, 3, 16)
 
 
 def test_overrides_and_entry_points():

@@ -147,8 +147,8 @@ def test_celeba_preprocessing_modes():
     c.celeba_preprocess = "center_crop"
     center = data.get_source(c, "train")[2]["image"]
   assert authors.shape == center.shape == (64, 64, 3)
-  # Authors: every other pixel (109, 89) then the centre 64x64 (offsets 22, 12).
-  assert np.array_equal(authors, raw[::2, ::2][22:86, 12:76] >> 5)
+  # Authors: every other pixel (109, 89) then rows 26:90, columns 12:76.
+  assert np.array_equal(authors, raw[::2, ::2][26:90, 12:76] >> 5)
   assert not np.array_equal(authors, center)
   # center_crop is an area resize: a constant image stays constant, a ramp stays
   # monotone.
@@ -292,3 +292,17 @@ def test_tfds_iterator_round_trip():
     it2 = iter(ds)
     it2.set_state(state)
     assert same_batches(want, take(it2, 3))
+
+
+def test_celeba_authors_crop_rows_and_columns():
+  """On an image whose pixels encode their coordinates, the authors' crop
+  ``im[::2, ::2][26:-19, 12:-13]`` keeps source rows 52, 54, ..., 178 and
+  columns 24, 26, ..., 150."""
+  rows, cols = np.meshgrid(np.arange(218), np.arange(178), indexing="ij")
+  image = np.stack([rows // 2, cols // 2, np.zeros_like(rows)], -1).astype(np.uint8)
+  out = data.celeba_authors(image)
+  assert out.shape == (64, 64, 3)
+  np.testing.assert_array_equal(out[:, 0, 0], np.arange(26, 90))
+  np.testing.assert_array_equal(out[0, :, 1], np.arange(12, 76))
+  with pytest.raises(ValueError, match="218, 178"):
+    data.celeba_authors(image[:100])

@@ -93,13 +93,16 @@ def test_tiny_glow_is_a_bijection(conv, coupling, squeeze):
   assert z.shape == x.shape
 
 
-def test_glow_factor_out_keeps_the_first_half():
-  """The factored-out half skips the later scales; the other half goes through them."""
+def test_glow_factors_out_the_second_half():
+  """As the authors and openai/glow: the second half of the channels is factored
+  out after the first scale (it equals the first scale's output), the first half
+  goes on through the later scales (it differs)."""
   glow = _tiny_glow("lu", "affine", "channel_major")
   x = normal((1, 4, 4, 2), seed=9)
   z = flows.squeeze(glow.forward(x)[0])
   b = glow.scales[0].forward(flows.squeeze(x))[0]
-  np.testing.assert_allclose(z[..., :4], b[..., :4], atol=1e-5)
+  np.testing.assert_allclose(z[..., 4:], b[..., 4:], atol=1e-5)
+  assert np.max(np.abs(z[..., :4] - b[..., :4])) > 1e-2
 
 
 def _glow_formula(shape, scales, steps, f):

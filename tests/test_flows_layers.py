@@ -64,7 +64,10 @@ def test_invconv1x1(parameterization):
   w = np.asarray(layer.weight_matrix(), np.float64)
   np.testing.assert_allclose(z, np.asarray(x) @ w.T, atol=1e-5)
   if parameterization == "colnorm":
-    np.testing.assert_allclose(np.linalg.norm(w, axis=0), 1.0, rtol=1e-5)
+    # The authors: z = x @ Wn, Wn = W / sqrt(sum(W**2, axis=0) + 1e-5).
+    raw = np.asarray(layer.weight[...], np.float64)
+    wn = raw / np.sqrt(np.sum(raw**2, axis=0) + 1e-5)
+    np.testing.assert_allclose(z, np.asarray(x, np.float64) @ wn, atol=1e-5)
   else:
     assert not isinstance(layer.perm, nnx.Param)
     assert not isinstance(layer.sign_s, nnx.Param)

@@ -47,11 +47,14 @@ def quantise(x: np.ndarray, bits: int) -> np.ndarray:
 
 
 def celeba_authors(image: np.ndarray) -> np.ndarray:
-  """The authors' CelebA: every other pixel, then centre crop. (218,178,3) -> (64,64,3)."""
-  x = image[::2, ::2]  # (109, 89, 3)
-  top = (x.shape[0] - _CELEBA_OUT) // 2
-  left = (x.shape[1] - _CELEBA_OUT) // 2
-  return x[top:top + _CELEBA_OUT, left:left + _CELEBA_OUT]
+  """The authors' CelebA: ``image[::2, ::2][26:-19, 12:-13]``. (218,178,3) -> (64,64,3).
+
+  Every other pixel gives (109, 89); the authors' crop keeps rows 26:90 and
+  columns 12:76 of that (not centred vertically: 26 rows above, 19 below).
+  """
+  if image.shape[:2] != _CELEBA_SHAPE[:2]:
+    raise ValueError(f"CelebA images must be {_CELEBA_SHAPE}, got {image.shape}.")
+  return image[::2, ::2][26:-19, 12:-13]
 
 
 def celeba_center_crop(image: np.ndarray) -> np.ndarray:

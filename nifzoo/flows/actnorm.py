@@ -34,6 +34,9 @@ from flax import nnx
 from nifzoo.flows import _base
 
 
+ACTNORM_EPS = 1e-5  # The authors': log_scale = log(std + 1e-5) at data init.
+
+
 class ActNormInitialized(nnx.Variable):
   """ActNorm's "data-dependent init done" flag (bool; shape (steps,) when stacked)."""
 
@@ -48,7 +51,7 @@ class ActNorm(nnx.Module):
     data_init_mode: static Python bool, set by :func:`data_init`.
   """
 
-  def __init__(self, num_features: int, *, eps: float = 1e-6,
+  def __init__(self, num_features: int, *, eps: float = ACTNORM_EPS,
                rngs: nnx.Rngs | None = None):
     del rngs  # deterministic init (identity); accepted for a uniform signature
     self.num_features = num_features

@@ -17,9 +17,10 @@ Two parameterisations of W, both with exactly c^2 trainable numbers:
   decomposition of a random orthogonal matrix. ``log|det W| = sum(log_abs_s)``; the
   inverse is two triangular solves.
 * ``"colnorm"`` (the authors' weight): an unconstrained matrix ``weight`` (random
-  orthogonal init) whose columns are normalised to unit Euclidean norm when used,
-  ``W = weight / ||weight||_col``; ``log|det W|`` from ``slogdet``, the inverse from
-  a linear solve.
+  orthogonal init) normalised as the authors' code does, ``z = x @ Wn`` with
+  ``Wn = weight / sqrt(sum(weight**2, axis=0) + 1e-5)``: every *output* channel's
+  filter has (almost) unit norm. In this module's convention ``W = Wn^T``.
+  ``log|det W|`` from ``slogdet``, the inverse from a linear solve.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from flax import nnx
 from nifzoo.flows import _base
 
 PARAMETERIZATIONS = ("lu", "colnorm")
+COLNORM_EPS = 1e-5  # The authors' constant inside the column norm.
 
 
 class InvConv1x1(nnx.Module):
@@ -76,7 +78,8 @@ class InvConv1x1(nnx.Module):
     """The c x c matrix W acting as z = x @ W^T."""
     if self.parameterization == "colnorm":
       w = self.weight[...]
-      return w / jnp.linalg.norm(w, axis=0, keepdims=True)
+      wn = w / jnp.sqrt(jnp.sum(w * w, axis=0, keepdims=True) + COLNORM_EPS)
+      return wn.T
     l, u = self._lu_factors()
     inv_perm = jnp.argsort(self.perm[...])
     return (l @ u)[inv_perm]

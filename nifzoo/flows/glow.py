@@ -9,8 +9,11 @@ Multi-scale (``Glow``), scale s = 0 .. S-1 acting on ``a_s``::
 
     b = squeeze(a_s)                        c_s = 4 C 2^s channels
     b = steps_s(b)                          (one ScannedStack of K steps)
-    if s < S-1:  (f_s, r) = split(b)        f_s = first c_s/2 channels, factored out
-                 b = concat(f_s, scale_{s+1}(r))
+    if s < S-1:  (r, f_s) = split(b)        f_s = second c_s/2 channels, factored out
+                 b = concat(scale_{s+1}(r), f_s)
+
+as the authors' code (``FactorOut(2)`` then ``factored_flow(inner, Identity())``)
+and openai/glow do: the first half continues, the second is factored out.
     out_s = unsqueeze(b)
 
 so ``forward`` maps (B, H, W, C) to z of the SAME shape (B, H, W, C) and all
@@ -138,15 +141,15 @@ class Glow(nnx.Module):
     b, log_det = self.scales[s].forward(b)
     if s < self.num_scales - 1:
       half = self.scale_channels[s] // 2
-      r, ld = self._forward_scale(s + 1, b[..., half:])
-      b, log_det = jnp.concatenate([b[..., :half], r], -1), log_det + ld
+      r, ld = self._forward_scale(s + 1, b[..., :half])
+      b, log_det = jnp.concatenate([r, b[..., half:]], -1), log_det + ld
     return reshape_lib.unsqueeze(b, self.squeeze_order), log_det
 
   def _inverse_scale(self, s, out):
     b = reshape_lib.squeeze(out, self.squeeze_order)
     if s < self.num_scales - 1:
       half = self.scale_channels[s] // 2
-      b = jnp.concatenate([b[..., :half], self._inverse_scale(s + 1, b[..., half:])],
+      b = jnp.concatenate([self._inverse_scale(s + 1, b[..., :half]), b[..., half:]],
                           -1)
     b = self.scales[s].inverse(b)
     return reshape_lib.unsqueeze(b, self.squeeze_order)

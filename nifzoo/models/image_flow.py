@@ -51,7 +51,7 @@ class ImageFlow(nnx.Module):
                coupling: str = "affine", squeeze: str = "channel_major",
                logit_lambda: float = 0.05, nif_bias: bool = True,
                lowdim_layers: int = 10, lowdim_hidden: int = 1024,
-               lowdim_depth: int = 4, num_iw_samples: int = 16,
+               lowdim_depth: int = 3, num_iw_samples: int = 16,
                sample_noise: str = "learned", rngs: nnx.Rngs):
     if prior not in PRIORS:
       raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}.")
