@@ -36,7 +36,7 @@ def run_case(name, batch, steps, compile_only):
 
   from nifzoo import configs
   from nifzoo.train import loop
-  from nifzoo.train import mesh as mesh_lib
+  from nifzoo import mesh as mesh_lib
   from nifzoo.train import step as step_lib
 
   config = configs.get_config(name)

@@ -7,7 +7,7 @@ r"""Trains a zoo model.
 Resumes automatically from the checkpoints in --workdir. On several hosts
 (Cloud TPU pod slices) run the same command on every worker; the job calls
 jax.distributed.initialize() when --distributed is set or the environment
-says it is a multi-host job (see nifzoo/train/mesh.py).
+says it is a multi-host job (see nifzoo/mesh.py).
 """
 
 import os
@@ -36,7 +36,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  from nifzoo.train import loop, mesh  # Imports jax after flags are parsed.
+  from nifzoo import mesh  # Imports jax after flags are parsed.
+  from nifzoo.train import loop
 
   kwargs = {k: v for k, v in dict(coordinator_address=_COORDINATOR.value,
                                   num_processes=_NUM_PROCESSES.value,

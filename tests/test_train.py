@@ -15,7 +15,7 @@ import pytest
 from nifzoo import configs
 from nifzoo import data
 from nifzoo.train import loop
-from nifzoo.train import mesh as mesh_lib
+from nifzoo import mesh as mesh_lib
 from nifzoo.train import step as step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

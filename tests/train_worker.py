@@ -37,7 +37,7 @@ def main():
   from nifzoo import configs
   from nifzoo import data
   from nifzoo.train import loop
-  from nifzoo.train import mesh as mesh_lib
+  from nifzoo import mesh as mesh_lib
 
   if args.num_processes > 1:
     mesh_lib.maybe_initialize_distributed(

@@ -1,4 +1,4 @@
-"""Training: optimiser and step (``step``), data-parallel mesh (``mesh``),
+"""Training: optimiser and step (``step``) (the data-parallel mesh is ``nifzoo.mesh``),
 Orbax checkpoints (``checkpoint``) and the loop (``loop``)."""
 
 from nifzoo.train.loop import NonFiniteLossError, train_and_evaluate

@@ -22,7 +22,7 @@ from nifzoo import data as data_lib
 from nifzoo import images as images_lib
 from nifzoo import models
 from nifzoo.train import checkpoint as ckpt_lib
-from nifzoo.train import mesh as mesh_lib
+from nifzoo import mesh as mesh_lib
 from nifzoo.train import step as step_lib
 
 

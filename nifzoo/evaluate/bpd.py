@@ -1,0 +1,163 @@
+"""Bits per dimension on a whole split: every image exactly once.
+
+``eval_batches`` cuts the split (or a list of indices into it) into global
+batches of ``batch_size``; the last one is padded with copies of the first
+image and a ``mask`` marks the real ones. Each JAX process reads only its
+slice of every global batch, so a pod evaluates the split once in total.
+
+``bits_per_dim`` scores them with the model's ``bits_per_dim`` (docs/math.md
+§5: ``-log p(x_int) / (D ln 2)``, including the dequantisation and logit
+log-dets). Dequantisation noise u ~ U[0,1)^D is drawn ``num_draws`` times per
+image from a fixed key (``fold_in(key, batch)``, then one split per draw), and
+the figure is the mean over images and draws of each draw's bits/dim, i.e.
+the usual variational (dequantised) bound, not the bin-midpoint value.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+import time
+from typing import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from nifzoo import checks
+from nifzoo import data as data_lib
+from nifzoo import mesh as mesh_lib
+
+
+def eval_batches(data_config, split: str, batch_size: int, *,
+                 indices: Sequence[int] | None = None,
+                 max_images: int | None = None,
+                 process_index: int | None = None,
+                 process_count: int | None = None
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """Padded batches covering the split (or ``indices``) once, for this process.
+
+  Yields ``(images int32 (b, H, W, C), labels int32 (b,), mask bool (b,))``
+  with ``b = batch_size // process_count``: this process's slice of each
+  global batch. Padding rows repeat the first image and have ``mask`` False.
+  """
+  batch_size = checks.check_positive_int(batch_size, "batch_size")
+  pi = jax.process_index() if process_index is None else int(process_index)
+  pc = jax.process_count() if process_count is None else int(process_count)
+  if batch_size % pc:
+    raise ValueError(f"batch_size={batch_size} must be divisible by the number "
+                     f"of processes ({pc}).")
+  source = data_lib.get_source(data_config, split)
+  idx = np.arange(len(source)) if indices is None else np.asarray(indices, int)
+  if max_images is not None:
+    idx = idx[:checks.check_positive_int(max_images, "max_images")]
+  if idx.size == 0:
+    raise ValueError(f"No images to evaluate in {data_config.name}/{split}.")
+  if idx.min() < 0 or idx.max() >= len(source):
+    raise ValueError(f"indices must lie in [0, {len(source)}) for "
+                     f"{data_config.name}/{split}.")
+  local = batch_size // pc
+  for start in range(0, idx.size, batch_size):
+    pos = start + pi * local + np.arange(local)
+    mask = pos < idx.size
+    examples = [source[int(i)] for i in idx[np.where(mask, pos, 0)]]
+    yield (np.stack([e["image"] for e in examples]).astype(np.int32),
+           np.asarray([e["label"] for e in examples], np.int32), mask)
+
+
+def num_batches(num_images: int, batch_size: int) -> int:
+  return -(-num_images // batch_size)
+
+
+def _progress(what: str, done: int, total: int, t0: float) -> None:
+  """One line, rewritten in place (stderr), with images/s."""
+  rate = done / max(time.time() - t0, 1e-9)
+  end = "\n" if done >= total else ""
+  sys.stderr.write(f"\r{what}: {done}/{total} images, {rate:.0f} images/s{end}")
+  sys.stderr.flush()
+
+
+def bits_per_dim(model, data_config, split: str = "test", *,
+                 batch_size: int = 256, num_draws: int = 1, key=None,
+                 noise_scale=1.0, num_samples: int | None = None, mesh=None,
+                 indices: Sequence[int] | None = None,
+                 max_images: int | None = None, progress: bool = False) -> dict:
+  """Mean bits/dim of ``model`` over every image of ``split`` (or ``indices``).
+
+  Args:
+    model: an ``ImageFlow``.
+    data_config: ``config.data`` of the model's dataset.
+    split: "train" | "test" | ...
+    batch_size: global batch size (padded and masked at the end).
+    num_draws: dequantisation draws per image (averaged).
+    key: a fixed key for the dequantisation (and IW) noise; default key(0).
+    noise_scale: s (Sigma -> s^2 Sigma); 1 is the trained model.
+    num_samples: N of the deep NIF's importance-weighted bound (default: the
+      model's training N).
+    mesh: a data mesh (``nifzoo.mesh.make_mesh()``); default: one device.
+    indices, max_images: evaluate a subset of the split.
+    progress: print a one-line progress report on stderr.
+
+  Returns:
+    ``{"bits_per_dim", "std_bits_per_dim" (over images), "num_images",
+    "num_draws", "noise_scale", "split", "num_samples"}``.
+  """
+  num_draws = checks.check_positive_int(num_draws, "num_draws")
+  checks.check_noise_scale(noise_scale)
+  if model.prior != "normal" and float(noise_scale) == 0.0:
+    raise ValueError("bits/dim needs noise_scale > 0: at s = 0 a NIF is the "
+                     "injective flow and images off its manifold have zero "
+                     "density.")
+  key = jax.random.key(0) if key is None else key
+  mesh = mesh_lib.make_mesh() if mesh is None else mesh
+  mesh_lib.check_batch_size(batch_size)
+  graphdef, state = nnx.split(model)
+  state = jax.device_put(state, mesh_lib.replicated(mesh))
+
+  @functools.partial(jax.jit, out_shardings=mesh_lib.replicated(mesh))
+  def batch_sums(state, images, mask, key, s):
+    m = nnx.merge(graphdef, state)
+    # One draw at a time (lax.map): memory stays that of one batch.
+    per_draw = jax.lax.map(
+        lambda k: m.bits_per_dim(images, key=k, noise_scale=s,
+                                 num_samples=num_samples),
+        jax.random.split(key, num_draws))
+    bpd = jnp.mean(per_draw, axis=0)                    # (b,)
+    w = mask.astype(jnp.float32)
+    ok = jnp.where(mask, jnp.isfinite(bpd), True)
+    bpd = jnp.where(mask, bpd, 0.0)
+    return jnp.stack([jnp.sum(w * bpd), jnp.sum(w * bpd**2), jnp.sum(w),
+                      jnp.sum(~ok)])
+
+  sums = np.zeros(4)
+  n_total = _split_size(data_config, split, indices, max_images)
+  t0 = time.time()
+  for i, (images, _, mask) in enumerate(eval_batches(
+      data_config, split, batch_size, indices=indices, max_images=max_images)):
+    out = np.asarray(jax.device_get(batch_sums(
+        state, mesh_lib.global_batch(mesh, images),
+        mesh_lib.global_batch(mesh, mask), jax.random.fold_in(key, i),
+        jnp.float32(noise_scale))), np.float64)
+    if out[3]:
+      raise FloatingPointError(
+          f"{int(out[3])} non-finite bits/dim values in batch {i} of "
+          f"{data_config.name}/{split} at noise_scale={noise_scale}.")
+    sums += out
+    if progress:
+      _progress(f"bits/dim {split} s={float(noise_scale):g}", int(sums[2]),
+                n_total, t0)
+  total, total_sq, count = sums[0], sums[1], int(sums[2])
+  mean = total / count
+  return {"bits_per_dim": float(mean),
+          "std_bits_per_dim": math.sqrt(max(total_sq / count - mean**2, 0.0)),
+          "num_images": count, "num_draws": num_draws,
+          "noise_scale": float(noise_scale), "split": split,
+          "num_samples": num_samples}
+
+
+def _split_size(data_config, split, indices, max_images) -> int:
+  n = len(data_lib.get_source(data_config, split)) if indices is None else len(indices)
+  return n if max_images is None else min(n, max_images)
+
