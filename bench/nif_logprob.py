@@ -1,4 +1,4 @@
-"""Benchmark: NIF log_prob, closed form vs dense (nif-math.md §1, §3).
+"""Benchmark: NIF log_prob, closed form vs dense (docs/math.md §1.6, §3).
 
 GaussianNIF.log_prob (Woodbury + determinant lemma, O(Dk² + k³)) against a dense
 O(D³) evaluation of log N(x; b, AAᵀ + Σ) (form the D×D covariance, Cholesky), both

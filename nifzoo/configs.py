@@ -6,7 +6,7 @@ The files in ``configs/`` are thin big_vision-style entry points
 name plus optional comma-separated overrides, e.g. ``"nif128"``,
 ``"nif64,tiny"``, ``"nf,bits=5"``, ``"nif16,steps=2,width=16"``.
 
-Paper values (shared/spec/nif-math.md §5): 3-bit data, 16 steps per scale,
+Paper values (docs/math.md §5): 3-bit data, 16 steps per scale,
 width 256, Adam lr 1e-4 with 10k warmup, batch 32, global-norm clip 5, the
 authors' channel-major squeeze; scales CelebA 5, CIFAR-10 4, Fashion-MNIST 2.
 """

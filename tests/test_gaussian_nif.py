@@ -1,4 +1,4 @@
-"""GaussianNIF against float64 numpy/scipy brute force (nif-math.md "Oracles").
+"""GaussianNIF against float64 numpy/scipy brute force (docs/math.md §1, §2).
 
 Every oracle below is dense and independent of the library's formulas: the marginal
 from scipy's multivariate normal with covariance AAᵀ + s²Σ, posteriors by Gaussian

@@ -7,8 +7,7 @@
 #   BUCKET=gs://my-bucket CONFIG=configs/celeba.py:nif128 \
 #   bash launch/tpu/train_pod.sh [create|setup|train|delete|all]
 #
-# Notes (see shared/spec/conventions.md and the Cloud TPU "Run JAX code on TPU
-# slices" guide):
+# Notes (see the Cloud TPU "Run JAX code on TPU slices" guide):
 # * Every worker must run the command (--worker=all): jax.distributed.initialize()
 #   on only some hosts of a slice deadlocks. The script passes --distributed.
 # * The data must be prepared as ArrayRecord where every worker can read it:

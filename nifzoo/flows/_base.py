@@ -1,7 +1,6 @@
 """Small shared pieces of the bijective layers.
 
-Every bijection in :mod:`nifzoo.flows` follows the layer contract of
-``shared/spec/design.md``::
+Every bijection in :mod:`nifzoo.flows` follows one layer contract::
 
     forward(x) -> (z, log_det)   # data -> latent, log_det = log|det dz/dx|, shape (B,)
     inverse(z) -> x              # latent -> data

@@ -1,4 +1,4 @@
-"""Invertible 1x1 convolution (Glow), written as a matmul over the channel axis.
+"""Invertible 1x1 convolution (Glow, ``docs/math.md`` §5.4) as a matmul on channels.
 
 At every position the channels are mixed by a c x c matrix W::
 

@@ -1,4 +1,5 @@
-"""Glow (Kingma & Dhariwal 2018) with the authors' recursive multi-scale structure.
+"""Glow (Kingma & Dhariwal 2018) with the authors' recursive multi-scale structure
+(``docs/math.md`` §5.4–§5.5).
 
 One step (``GlowStep``) on (B, h, w, c)::
 

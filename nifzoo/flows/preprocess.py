@@ -1,6 +1,6 @@
 """Preprocessing as bijective layers: uniform dequantisation and the logit transform.
 
-Paper pipeline (``shared/spec/nif-math.md`` section 5), ``L = num_levels`` (``2**bits``
+Paper pipeline (``docs/math.md`` §5.1–§5.3), ``L = num_levels`` (``2**bits``
 for the paper's data, 17 for scikit-learn's digits), ``D`` = dimensions per example::
 
     Dequantize: y = (x_int + u) / L,  u ~ U[0, 1)^D  (u = 1/2 without a key)

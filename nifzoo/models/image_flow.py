@@ -8,7 +8,7 @@ integer images ``(B, H, W, C)`` in ``[0, num_levels)`` and is jit-friendly.
 
 Densities are of the *discrete* data: ``log_prob`` includes the dequantisation
 log-det ``-D log L`` and the logit log-det, so ``bits_per_dim`` is the usual
-``-log p(x_int) / (D ln 2)`` (shared/spec/nif-math.md §5).
+``-log p(x_int) / (D ln 2)`` (docs/math.md §5.3).
 """
 
 from __future__ import annotations

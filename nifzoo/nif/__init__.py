@@ -1,4 +1,4 @@
-"""Dimension-changing (noisy injective) layers, ``shared/spec/nif-math.md`` §1–§4.
+"""Dimension-changing (noisy injective) layers, ``docs/math.md`` §1–§4.
 
 - :class:`GaussianNIF`: dense A (D, k), closed-form densities in O(Dk² + k³).
 - :class:`UpsampleNIF`: nearest-neighbour upsampling A, every quantity O(D).

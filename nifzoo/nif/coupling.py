@@ -1,4 +1,4 @@
-"""Stochastic coupling (``shared/spec/nif-math.md`` §4, paper §4.2).
+"""Stochastic coupling (``docs/math.md`` §4.1, paper §4.2).
 
 Split x = (x₁, x₂). x₂ is kept; x₁ is a Gaussian NIF conditioned on x₂:
 

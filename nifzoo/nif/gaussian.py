@@ -1,4 +1,4 @@
-"""The Gaussian NIF layer (``shared/spec/nif-math.md`` §1–§2) and its pure math.
+"""The Gaussian NIF layer (``docs/math.md`` §1–§2) and its pure math.
 
 Generative model: z ~ p(z) (default N(0, I_k)), x = A z + b + ε, ε ~ N(0, s²Σ),
 Σ = diag(exp(log_var)); s is the test-time noise scale (s = 1: the trained model).
@@ -61,7 +61,7 @@ def _precision_stats(op, b, log_var, x):
 
 
 def log_prob(op, b, log_var, x, s=1.0):
-  """Closed-form marginal log N(x; b, AAᵀ + s²Σ) (§1 Eq. 13, §2): (B, *data) -> (B,).
+  """Closed-form marginal log N(x; b, AAᵀ + s²Σ) (§1.6 Eq. 13, §2): (B, *data) -> (B,).
 
   Woodbury + determinant lemma with K = G + s²I = s²M (one Cholesky, or a diagonal
   for upsampling), ν = K⁻¹u = M⁻¹u_s:
@@ -137,7 +137,7 @@ def posterior(op, b, log_var, x, s=1.0):
 
 
 def elbo(op, b, log_var, x, s=1.0):
-  """ELBO with q = stochastic inverse and p(z) = N(0, I) (§1 Eq. 9–10): (B,).
+  """ELBO with q = stochastic inverse and p(z) = N(0, I) (§1.5, Eq. 9–10): (B,).
 
     L(x) = log h_s(x) − (k/2) log 2π − ½(‖μ‖² + s² tr G⁻¹) ≤ log p_s(x).
   """
@@ -156,7 +156,7 @@ def sample_stochastic_inverse(op, p: Projection, key, num_samples: int, s=1.0):
 
 def iw_bound(op, b, log_var, x, key, num_samples: int, s=1.0,
              log_prior: LogPrior | None = None):
-  """Importance-weighted bound with proposal q = stochastic inverse (§1): (B,).
+  """Importance-weighted bound with proposal q = stochastic inverse (§1.7): (B,).
 
     log p̂_N(x) = log h_s(x) + logsumexp_i log p(z_i) − log N,   z_i ~ q(z|x).
 
@@ -277,7 +277,7 @@ class LinearGaussianNIF(nnx.Module):
     return check_batch(x, "x", self.data_shape)
 
   def log_prob(self, x, noise_scale=1.0):
-    """log p_s(x) = log N(x; b, AAᵀ + s²Σ), closed form (§1 Eq. 13): (B,)."""
+    """log p_s(x) = log N(x; b, AAᵀ + s²Σ), closed form (§1.6, Eq. 13): (B,)."""
     x, s = self._x(x), check_density_scale(noise_scale)
     return density_at(lambda s: log_prob(*self._args(), x, s), s)
 
@@ -297,13 +297,13 @@ class LinearGaussianNIF(nnx.Module):
     return posterior(*self._args(), x, s)
 
   def elbo(self, x, noise_scale=1.0):
-    """Closed-form ELBO for the N(0, I) prior, q = stochastic inverse (§1): (B,)."""
+    """Closed-form ELBO for the N(0, I) prior, q = stochastic inverse (§1.5): (B,)."""
     x, s = self._x(x), check_density_scale(noise_scale)
     return density_at(lambda s: elbo(*self._args(), x, s), s)
 
   def iw_bound(self, x, key, num_samples: int, log_prior: LogPrior | None = None,
                noise_scale=1.0):
-    """Importance-weighted bound (§1), q = stochastic inverse: (B,).
+    """Importance-weighted bound (§1.7), q = stochastic inverse: (B,).
 
     ``log_prior`` maps latents (M, *latent) -> (M,); default N(0, I).
     """

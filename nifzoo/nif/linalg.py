@@ -1,6 +1,6 @@
 """The two linear maps A of the NIF layers, behind one small interface.
 
-Every NIF formula (``shared/spec/nif-math.md`` §1–§4) needs only a handful of
+Every NIF formula (``docs/math.md`` §1–§4) needs only a handful of
 operations with A and with the k×k matrix K = G + c·I, G = AᵀΣ⁻¹A:
 
   apply(z)           A z                     (..., *latent) -> (..., *data)

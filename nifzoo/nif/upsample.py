@@ -1,4 +1,4 @@
-"""Nearest-neighbour upsampling NIF (``shared/spec/nif-math.md`` §3).
+"""Nearest-neighbour upsampling NIF (``docs/math.md`` §3).
 
 A copies each latent pixel z (B, H/rh, W/rw, C) to its rh×rw block of x (B, H, W, C).
 The columns of A have disjoint supports, so G = AᵀΣ⁻¹A is diagonal,
