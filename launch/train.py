@@ -4,21 +4,22 @@ r"""Trains a zoo model.
   python launch/train.py --config=configs/cifar10.py:nif128 --workdir=gs://... \
       --config.data.data_dir=gs://.../tensorflow_datasets --config.batch_size=256
 
-Resumes automatically from the checkpoints in --workdir. On several hosts
+Resumes automatically from the checkpoints in --workdir. With
+--register=<registry dir>, a finished run is exported (variables only) into
+that registry with an entry holding its config, hash and final test metrics,
+so that `zoo.load(name, registry=<dir>)` loads it. On several hosts
 (Cloud TPU pod slices) run the same command on every worker; the job calls
 jax.distributed.initialize() when --distributed is set or the environment
 says it is a multi-host job (see nifzoo/mesh.py).
 """
 
-import os
 import sys
+import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and argument, e.g. configs/digits.py:nif16.",
@@ -31,11 +32,17 @@ _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0 (CPU clusters).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_REGISTER = flags.DEFINE_string(
+    "register", None,
+    "After training, write a registry entry + checkpoint into this directory.")
+_NAME = flags.DEFINE_string(
+    "name", None, "Registry name of the entry (default: the config's name).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   del argv
+  import jax  # pylint: disable=g-import-not-at-top
   from nifzoo import mesh  # Imports jax after flags are parsed.
   from nifzoo.train import loop
 
@@ -47,8 +54,20 @@ def main(argv):
       _DISTRIBUTED.value if _DISTRIBUTED.value is not None else
       (True if kwargs else None), **kwargs)
   logging.info("Config:\n%s", _CONFIG.value)
+  t0 = time.time()
   result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  logging.info("Done: %s", result)
+  wall = time.time() - t0
+  logging.info("Done in %.0f s: %s", wall, result)
+  if _REGISTER.value and jax.process_index() == 0:
+    from nifzoo import zoo  # pylint: disable=g-import-not-at-top
+    command = " ".join(["python"] + sys.argv)
+    path = zoo.register(
+        _WORKDIR.value, _REGISTER.value, name=_NAME.value,
+        metrics=zoo.eval_metrics(result.get("test_eval"), command),
+        training={"command": command, "steps": int(_CONFIG.value.total_steps),
+                  "wall_time_s": round(wall, 1),
+                  "hardware": zoo.hardware_string()})
+    logging.info("Registered %s", path)
 
 
 if __name__ == "__main__":

@@ -158,7 +158,10 @@ def build_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigD
   c.sample_every = 5_000
   c.num_sample_images = 64
   c.on_nonfinite = "skip"           # "skip" the step, or "stop" the run.
+  # Intermediate checkpoints: test bits/dim on the first eval_batches batches;
+  # the last step: every test image once, eval_num_draws dequantisation draws.
   c.eval_batches = 10
+  c.eval_num_draws = 1
 
   if dataset == "digits":
     # Sized to train in about a minute on 2 CPU cores. 1,497 training images
@@ -174,6 +177,7 @@ def build_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigD
     c.log_every = 100
     c.sample_every = 500
     c.eval_batches = 4
+    c.eval_num_draws = 4
 
   for p in parts[1:]:
     _apply_override(c, p)

@@ -26,6 +26,16 @@ from nifzoo import flows
 from nifzoo import nif
 
 PRIORS = ("normal", "nif", "deepnif")
+
+# Bumped whenever the code changes what a given config computes with given
+# parameters (parameter shapes alone do not show it). A checkpoint records the
+# revision it was trained with; nifzoo.zoo refuses to load it into another.
+#   1: the first Glow (first half of the channels factored out, colnorm W^T).
+#   2: the authors' wiring: second half factored out, colnorm x @ Wn with
+#      1e-5, ActNorm eps 1e-5.
+WIRING_REVISION = 2
+# Config fields of `model` that only set defaults of methods, not the function.
+_NOT_WIRING = ("num_iw_samples", "sample_noise")
 ENCODINGS = ("stochastic_inverse", "posterior")
 
 
@@ -236,3 +246,14 @@ def build(config, *, rngs: nnx.Rngs) -> ImageFlow:
       nif_bias=m.nif_bias, lowdim_layers=m.lowdim_layers,
       lowdim_hidden=m.lowdim_hidden, lowdim_depth=m.lowdim_depth,
       num_iw_samples=m.num_iw_samples, sample_noise=m.sample_noise, rngs=rngs)
+
+
+def wiring(config) -> dict:
+  """The config fields that change what the model computes, plus the code's
+  ``WIRING_REVISION``: equal wirings mean a checkpoint of one is valid in the
+  other. JSON-ready (lists, not tuples)."""
+  out = {f"model.{k}": v for k, v in config.model.items() if k not in _NOT_WIRING}
+  out["data.image_shape"] = [int(v) for v in config.data.image_shape]
+  out["data.num_levels"] = int(config.data.num_levels)
+  out["revision"] = WIRING_REVISION
+  return out

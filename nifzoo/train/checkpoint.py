@@ -19,6 +19,9 @@ import orbax.checkpoint as ocp
 from nifzoo import data as data_lib
 
 
+CONFIG_FILE = "config.json"  # The run's config, beside checkpoints/ (for zoo.load).
+
+
 class CheckpointError(RuntimeError):
   """A checkpoint that exists but cannot be read."""
 

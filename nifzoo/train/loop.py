@@ -19,6 +19,7 @@ from flax import nnx
 
 from nifzoo import configs as configs_lib
 from nifzoo import data as data_lib
+from nifzoo import evaluate as evaluate_lib
 from nifzoo import images as images_lib
 from nifzoo import models
 from nifzoo.train import checkpoint as ckpt_lib
@@ -75,16 +76,6 @@ def make_sample_fn(graphdef):
   return sample_fn
 
 
-def make_eval_fn(graphdef):
-
-  @jax.jit
-  def eval_fn(params, rest, images, key):
-    model = nnx.merge(graphdef, params, rest)
-    return jnp.mean(model.bits_per_dim(images, key=key))
-
-  return eval_fn
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints).
 
@@ -97,6 +88,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         f"on_nonfinite must be 'skip' or 'stop', got {config.on_nonfinite!r}.")
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   is_chief = jax.process_index() == 0
+  if is_chief:  # What nifzoo.zoo.load(workdir) rebuilds the model from.
+    (epath.Path(workdir) / ckpt_lib.CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(config.batch_size)
   writer = metric_writers.create_default_writer(
@@ -129,7 +122,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_step = jax.jit(step_lib.make_train_step(graphdef, tx, config),
                        donate_argnums=(0,), out_shardings=(repl, repl))
   sample_fn = make_sample_fn(graphdef)
-  eval_fn = make_eval_fn(graphdef)
+  final_eval = {}
   progress = periodic_actions.ReportProgress(
       num_train_steps=config.total_steps, writer=writer, every_secs=None,
       every_steps=config.log_every)
@@ -152,17 +145,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writer.write_images(step, {k: v[None] for k, v in grids.items()})
 
   def evaluate(step):
-    it = iter(data_lib.make_dataset(
-        config.data, "test", global_batch_size=config.batch_size,
-        seed=config.seed, shuffle=False, repeat=True))
-    key = jax.random.key(config.seed + 3)
-    vals = [eval_fn(state.params, state.rest,
-                    mesh_lib.global_batch(mesh, next(it)["image"]),
-                    jax.random.fold_in(key, i))
-            for i in range(config.eval_batches)]
-    test_bpd = float(np.mean(jax.device_get(vals)))
-    writer.write_scalars(step, {"test_bits_per_dim": test_bpd})
-    return test_bpd
+    """Test bits/dim: the first eval_batches batches of the test split at
+    intermediate checkpoints, every test image (once) at the end."""
+    final = step == config.total_steps
+    result = evaluate_lib.bits_per_dim(
+        nnx.merge(graphdef, state.params, state.rest), config.data, "test",
+        batch_size=config.batch_size, key=jax.random.key(config.seed + 3),
+        num_draws=config.eval_num_draws, mesh=mesh,
+        max_images=None if final else config.eval_batches * config.batch_size)
+    writer.write_scalars(step, {"test_bits_per_dim": result["bits_per_dim"]})
+    if final:
+      final_eval.update(result)
+    return result["bits_per_dim"]
 
   sums, count, skipped, last = {}, 0, 0, {}
   iter_state = None
@@ -227,6 +221,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     mngr.wait_until_finished()
     writer.flush()
   last["skipped_steps"] = skipped
+  if final_eval:
+    last["test_eval"] = final_eval
   return last
 
 

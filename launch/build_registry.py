@@ -1,0 +1,59 @@
+r"""Regenerates the packaged registry (registry/): one command.
+
+  python launch/build_registry.py                 # paper entries + train & ship digits
+  python launch/build_registry.py --nodigits      # paper entries and README table only
+
+1. Writes an entry (no checkpoint) for each of the paper's 16 models, with the
+   paper's figures.
+2. Trains each shipped digits model with the project's own launcher (same
+   Glow, same seed, same batches), exactly as
+     python launch/train.py --config=configs/digits.py:<model> \
+         --workdir=<runs>/digits-<model> --register=registry
+   which exports its variables into registry/checkpoints/ and writes its entry
+   with the content hash and the whole-test-split bits/dim.
+3. Rewrites the README's table of shipped models from the registry.
+"""
+
+import os
+import subprocess
+import sys
+
+from absl import app
+from absl import flags
+
+_DIGITS = flags.DEFINE_bool("digits", True, "Train and register the digits models.")
+_MODELS = flags.DEFINE_list("models", ["nf", "nif4", "nif8", "nif16", "nif32"],
+                            "Digits models to train.")
+_RUNS = flags.DEFINE_string("runs", "runs/registry", "Workdir root of the runs.")
+_REGISTRY = flags.DEFINE_string("registry", "registry", "Registry directory to write.")
+_README = flags.DEFINE_string("readme", "README.md", "README whose table to rewrite.")
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main(argv):
+  del argv
+  from nifzoo import configs, zoo  # pylint: disable=g-import-not-at-top
+  os.chdir(_ROOT)
+  for name in configs.names():
+    if not name.startswith("digits-"):
+      path = zoo.write_paper_entry(name, _REGISTRY.value)
+      print(f"wrote {path}")
+  if _DIGITS.value:
+    for model in _MODELS.value:
+      name = f"digits-{model}"
+      workdir = os.path.join(_RUNS.value, name)
+      if os.path.exists(workdir):  # A fresh run: same seed, same batches.
+        import shutil  # pylint: disable=g-import-not-at-top
+        shutil.rmtree(workdir)
+      cmd = [sys.executable, "launch/train.py",
+             f"--config=configs/digits.py:{model}", f"--workdir={workdir}",
+             f"--register={_REGISTRY.value}"]
+      print(" ".join(cmd[1:]), flush=True)
+      subprocess.run(cmd, check=True)
+  zoo.update_readme_table(_README.value, registry=_REGISTRY.value)
+  print(f"updated the shipped-models table in {_README.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,290 @@
+"""The model registry: one JSON entry per zoo name, in one or more directories.
+
+A registry directory holds ``entries/<name>.json`` and, for entries that ship
+weights, ``checkpoints/<name>/`` (an Orbax checkpoint of the model's
+variables, see :mod:`nifzoo.zoo`). The package ships one (``registry/`` in the
+source tree, installed as ``nifzoo._registry``); user directories given as an
+argument or in ``$NIFZOO_REGISTRY`` (``os.pathsep``-separated) overlay it:
+the first directory that has an entry for a name wins.
+
+An entry (JSON, 2-space indent, sorted keys, so diffs stay small)::
+
+  name            "digits-nif16" (= the file's stem)
+  config          "digits-nif16" or "digits-nif16,steps=2": rebuilds the config
+                  through nifzoo.configs.get_config
+  overrides       {"model.width": 16, ...}: dotted config fields set on top
+  nifzoo_version  version of nifzoo that wrote the checkpoint
+  wiring          the config fields that change what the model computes, and
+                  the code's wiring revision (nifzoo.models.wiring)
+  checkpoint      null, or {"uri", "step", "sha256", "num_params"}: uri relative
+                  to the registry directory, file://..., or gs://...
+  dataset         {"name", "split", "image_shape", "num_levels"}
+  metrics         {metric: {"value", "command", ...details}}
+  paper           null, or the paper's figures for this model
+  training        null, or {"command", "steps", "wall_time_s", "hardware", ...}
+  card            {"summary", "training", "intended_use", "limitations"}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import hashlib
+import json
+import os
+from typing import Any, Sequence
+
+SCHEMA_VERSION = 1
+ENV_VAR = "NIFZOO_REGISTRY"
+ENTRIES = "entries"
+CHECKPOINTS = "checkpoints"
+
+_CARD_FIELDS = ("summary", "training", "intended_use", "limitations")
+_CHECKPOINT_FIELDS = {"uri": str, "step": int, "sha256": str, "num_params": int}
+_DATASET_FIELDS = {"name": str, "split": str, "image_shape": list,
+                   "num_levels": int}
+# field -> (type(s), required)
+_FIELDS = {
+    "schema": (int, True),
+    "name": (str, True),
+    "config": (str, True),
+    "overrides": (dict, True),
+    "nifzoo_version": (str, True),
+    "wiring": (dict, True),
+    "checkpoint": ((dict, type(None)), True),
+    "dataset": (dict, True),
+    "metrics": (dict, True),
+    "paper": ((dict, type(None)), True),
+    "training": ((dict, type(None)), True),
+    "card": (dict, True),
+}
+
+
+class RegistryError(ValueError):
+  """An entry that does not follow the schema, or an unknown name."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Entry:
+  """A parsed registry entry and the directory it was read from."""
+  data: dict
+  directory: str          # the registry directory holding entries/<name>.json
+
+  name = property(lambda self: self.data["name"])
+  checkpoint = property(lambda self: self.data["checkpoint"])
+  metrics = property(lambda self: self.data["metrics"])
+  paper = property(lambda self: self.data["paper"])
+
+  @property
+  def path(self) -> str:
+    return entry_path(self.directory, self.name)
+
+  def checkpoint_path(self) -> str | None:
+    """The checkpoint's location (local path or gs:// URI), or None."""
+    if self.checkpoint is None:
+      return None
+    uri = self.checkpoint["uri"]
+    if uri.startswith("gs://"):
+      return uri
+    if uri.startswith("file://"):
+      return uri[len("file://"):]
+    return os.path.normpath(os.path.join(self.directory, uri))
+
+  # Hashable by identity of content, so a model carrying it can be nnx.split.
+  def __hash__(self):
+    return hash((self.name, json.dumps(self.data, sort_keys=True)))
+
+  def __eq__(self, other):
+    return isinstance(other, Entry) and other.data == self.data
+
+  def __repr__(self):
+    return f"Entry({self.name!r} from {self.directory})"
+
+
+# ------------------------------------------------------------------ locations
+
+
+def packaged_dir() -> str:
+  """The registry shipped inside the package (works after a plain pip install)."""
+  import importlib.resources  # pylint: disable=g-import-not-at-top
+  return str(importlib.resources.files("nifzoo._registry"))
+
+
+def search_path(registry: str | Sequence[str] | None = None) -> list[str]:
+  """Registry directories in lookup order: argument, $NIFZOO_REGISTRY, packaged."""
+  dirs: list[str] = []
+  if registry:
+    dirs += [registry] if isinstance(registry, (str, os.PathLike)) else list(registry)
+  env = os.environ.get(ENV_VAR, "")
+  dirs += [d for d in env.split(os.pathsep) if d]
+  dirs.append(packaged_dir())
+  return [os.fspath(d) for d in dirs]
+
+
+def entry_path(directory: str, name: str) -> str:
+  return os.path.join(directory, ENTRIES, f"{name}.json")
+
+
+# ------------------------------------------------------------------ reading
+
+
+def validate(data: Any, source: str) -> dict:
+  """Checks an entry against the schema; RegistryError names the file and field."""
+  def fail(field, msg):
+    raise RegistryError(f"{source}: field {field!r} {msg}")
+
+  if not isinstance(data, dict):
+    raise RegistryError(f"{source}: an entry must be a JSON object, got "
+                        f"{type(data).__name__}.")
+  for field, (types, required) in _FIELDS.items():
+    if field not in data:
+      if required:
+        fail(field, "is missing.")
+      continue
+    if not isinstance(data[field], types) or isinstance(data[field], bool) and (
+        types is int):
+      fail(field, f"must be {_type_names(types)}, got "
+                  f"{type(data[field]).__name__}.")
+  unknown = sorted(set(data) - set(_FIELDS))
+  if unknown:
+    fail(unknown[0], f"is not part of the schema (known: {sorted(_FIELDS)}).")
+  if data["schema"] != SCHEMA_VERSION:
+    fail("schema", f"is {data['schema']}; this nifzoo reads {SCHEMA_VERSION}.")
+  stem = os.path.splitext(os.path.basename(source))[0]
+  if source.endswith(".json") and data["name"] != stem:
+    fail("name", f"is {data['name']!r} but the file is named {stem!r}.")
+  _check_sub(data, "checkpoint", _CHECKPOINT_FIELDS, fail)
+  _check_sub(data, "dataset", _DATASET_FIELDS, fail)
+  for field in _CARD_FIELDS:
+    if not isinstance(data["card"].get(field), str) or not data["card"][field]:
+      fail(f"card.{field}", "must be a non-empty string.")
+  for metric, m in data["metrics"].items():
+    if not isinstance(m, dict) or not isinstance(m.get("value"), (int, float)):
+      fail(f"metrics.{metric}", "must be an object with a numeric 'value'.")
+    if not isinstance(m.get("command"), str) or not m["command"]:
+      fail(f"metrics.{metric}.command",
+           "must say the exact command that produced the value.")
+  if data["training"] is not None and not isinstance(
+      data["training"].get("command"), str):
+    fail("training.command", "must be a string.")
+  return data
+
+
+def _check_sub(data, field, spec, fail):
+  sub = data[field]
+  if sub is None:
+    return
+  for key, typ in spec.items():
+    if key not in sub:
+      fail(f"{field}.{key}", "is missing.")
+    if not isinstance(sub[key], typ) or isinstance(sub[key], bool):
+      fail(f"{field}.{key}", f"must be {_type_names(typ)}, got "
+                             f"{type(sub[key]).__name__}.")
+
+
+def _type_names(types) -> str:
+  types = types if isinstance(types, tuple) else (types,)
+  names = {dict: "an object", list: "a list", str: "a string", int: "an integer",
+           type(None): "null"}
+  return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def read_entry(path: str, directory: str | None = None) -> Entry:
+  """Parses and validates one entry file."""
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except json.JSONDecodeError as e:
+    raise RegistryError(f"{path}: not valid JSON ({e}).") from e
+  directory = directory or os.path.dirname(os.path.dirname(os.path.abspath(path)))
+  return Entry(validate(data, path), directory)
+
+
+def names(pattern: str = "*", registry=None) -> list[str]:
+  """Every entry name in the search path matching a glob, sorted."""
+  out = set()
+  for d in search_path(registry):
+    edir = os.path.join(d, ENTRIES)
+    if os.path.isdir(edir):
+      out.update(f[:-5] for f in os.listdir(edir) if f.endswith(".json"))
+  return sorted(n for n in out if fnmatch.fnmatch(n, pattern))
+
+
+def find(name: str, registry=None) -> Entry:
+  """The entry for ``name`` from the first registry directory that has it."""
+  for d in search_path(registry):
+    path = entry_path(d, name)
+    if os.path.exists(path):
+      return read_entry(path, d)
+  known = names(registry=registry)
+  close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+  hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+  raise RegistryError(
+      f"Unknown model name {name!r}.{hint} Known: {', '.join(known)} "
+      f"(registries searched: {', '.join(search_path(registry))}).")
+
+
+def all_entries(pattern: str = "*", registry=None) -> list[Entry]:
+  return [find(n, registry) for n in names(pattern, registry)]
+
+
+# ------------------------------------------------------------------ writing
+
+
+def write_entry(directory: str, data: dict) -> str:
+  """Validates and writes ``data`` as ``<directory>/entries/<name>.json``."""
+  path = entry_path(directory, data["name"])
+  validate(data, path)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(data, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+  return path
+
+
+def update_metrics(name: str, metrics: dict, directory: str, *,
+                   registry=None) -> str:
+  """Merges ``metrics`` ({metric: {"value", "command", ...}}) into the entry
+  ``name`` of the user registry ``directory`` (copying it there from the
+  search path first if it lives elsewhere, e.g. in the packaged registry —
+  the copy keeps pointing at the original checkpoint)."""
+  try:
+    entry = read_entry(entry_path(directory, name), directory)
+    data = dict(entry.data)
+  except FileNotFoundError:
+    entry = find(name, registry)
+    data = dict(entry.data)
+    if data["checkpoint"] is not None and not data["checkpoint"]["uri"].startswith(
+        ("gs://", "file://")):
+      data["checkpoint"] = dict(data["checkpoint"],
+                                uri="file://" + entry.checkpoint_path())
+  data["metrics"] = {**data["metrics"], **metrics}
+  return write_entry(directory, data)
+
+
+# ------------------------------------------------------------------ hashing
+
+
+def hash_directory(path: str) -> str:
+  """sha256 over every file under ``path`` (relative names and contents, sorted)."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  root = epath.Path(path)
+  if not root.exists():
+    raise FileNotFoundError(f"No checkpoint at {path}.")
+  files, todo = [], [root]
+  while todo:
+    for p in todo.pop().iterdir():
+      (todo if p.is_dir() else files).append(p)
+  files.sort(key=lambda p: str(p.relative_to(root)))
+  if not files:
+    raise FileNotFoundError(f"The checkpoint directory {path} holds no files.")
+  h = hashlib.sha256()
+  for p in files:
+    rel = str(p.relative_to(root)).encode()
+    data = p.read_bytes()
+    h.update(len(rel).to_bytes(8, "little") + rel)
+    h.update(len(data).to_bytes(8, "little") + data)
+  return "sha256:" + h.hexdigest()

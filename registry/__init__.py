@@ -1,0 +1,1 @@
+"""The packaged model registry (data only): entries/*.json and checkpoints/."""
