@@ -184,8 +184,14 @@ def _flat_shapes(tree) -> dict[str, tuple]:
   return {_path_str(p): tuple(getattr(l, "shape", ())) for p, l in leaves}
 
 
+def _abspath(path: str) -> str:
+  # Orbax reads an empty tree from a relative path without complaint.
+  return path if str(path).startswith("gs://") else os.path.abspath(path)
+
+
 def _check_shapes(path: str, target, prefix: str = "") -> None:
   """Names the first variable whose saved shape differs from the config's."""
+  path = _abspath(path)
   try:
     meta = ocp.StandardCheckpointer().metadata(path)
   except Exception as e:  # Orbax raises many types for a damaged directory.
@@ -194,6 +200,8 @@ def _check_shapes(path: str, target, prefix: str = "") -> None:
   tree = getattr(meta, "item_metadata", meta)
   tree = getattr(tree, "tree", tree)
   saved = _flat_shapes(tree)
+  if not saved:
+    raise ZooError(f"The checkpoint at {path} lists no variables.")
   want = {prefix + k: v for k, v in _flat_shapes(target).items()}
   for k, shape in want.items():
     if k not in saved:
@@ -206,6 +214,7 @@ def _check_shapes(path: str, target, prefix: str = "") -> None:
 
 
 def _restore(path: str, target: dict, *, partial: bool = False) -> dict:
+  path = _abspath(path)
   try:
     if partial:
       ckptr = ocp.PyTreeCheckpointer()
@@ -260,7 +269,7 @@ def load(name_or_path: str, *, step: int | None = None, mesh=None,
           f"{train_command(entry.name)}\nthen load it with "
           f"zoo.load({entry.name!r}, registry='~/nifzoo-registry'); or pass "
           f"init='random' for an untrained model of this architecture.")
-    model = models.build(config, rngs=nnx.Rngs(config.seed))
+    model = models.build(config, rngs=models.seeded_rngs(config.seed))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     state = jax.device_put({"params": params, "rest": rest}, target_sharding)
     return _finish(graphdef, state, config, entry)
@@ -329,7 +338,7 @@ def save_variables(model_or_state, path: str) -> dict:
   else:
     state = model_or_state
   state = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), state)
-  path = os.path.abspath(path)
+  path = _abspath(path)
   if os.path.exists(path):
     shutil.rmtree(path)
   ckptr = ocp.StandardCheckpointer()

@@ -8,9 +8,11 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
 
 from nifzoo import configs
 from nifzoo import data
@@ -40,7 +42,8 @@ def test_loss_decreases_on_digits():
   state = loop.initialize_actnorms(graphdef, state, batch(), mesh)
   held_out = mesh_lib.global_batch(mesh, next(iter(data.make_dataset(
       config.data, "test", global_batch_size=64, seed=0, shuffle=False)))["image"])
-  eval_fn = loop.make_eval_fn(graphdef)
+  eval_fn = jax.jit(lambda params, rest, x, key: jnp.mean(
+      nnx.merge(graphdef, params, rest).bits_per_dim(x, key=key)))
   key = jax.random.key(0)
   before = float(eval_fn(state.params, state.rest, held_out, key))
   step = jax.jit(step_lib.make_train_step(graphdef, tx, config))

@@ -248,6 +248,14 @@ def build(config, *, rngs: nnx.Rngs) -> ImageFlow:
       num_iw_samples=m.num_iw_samples, sample_noise=m.sample_noise, rngs=rngs)
 
 
+def seeded_rngs(seed: int) -> nnx.Rngs:
+  """The initialisers' keys for ``build`` (training and ``zoo.load(init="random")``).
+
+  "rbg" keys: on XLA:CPU each threefry draw compiles for about a second.
+  """
+  return nnx.Rngs(jax.random.key(seed, impl="rbg"))
+
+
 def wiring(config) -> dict:
   """The config fields that change what the model computes, plus the code's
   ``WIRING_REVISION``: equal wirings mean a checkpoint of one is valid in the

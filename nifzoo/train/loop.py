@@ -41,8 +41,7 @@ def create_state(config, mesh):
   hung executing it for the CIFAR-10 paper config.)
   """
   tx = step_lib.make_optimizer(config)
-  model = models.build(config,
-                       rngs=nnx.Rngs(jax.random.key(config.seed, impl="rbg")))
+  model = models.build(config, rngs=models.seeded_rngs(config.seed))
   graphdef, state = step_lib.init_state(model, tx, config.seed)
   repl = mesh_lib.replicated(mesh)
   state = jax.tree.map(
