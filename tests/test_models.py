@@ -85,6 +85,34 @@ def test_sample_encode_decode(trained_like):
   assert floats.dtype == jnp.float32 and 0.0 <= float(floats.min()) <= float(floats.max()) <= 1.0
 
 
+def test_continuous_output_floors_to_the_levels(trained_like):
+  """"continuous" is the flow's sigmoid output before flooring: recomputed here
+  in float64 numpy from the Glow inverse, and floor(y L) gives the levels."""
+  kind, model = trained_like
+  key = jax.random.key(5)
+  L = model.num_levels
+  ints = model.sample(key, 6, noise_scale=1.0)
+  y = model.sample(key, 6, noise_scale=1.0, output="continuous")
+  assert y.dtype == jnp.float32 and y.shape == ints.shape
+  assert 0.0 <= float(y.min()) and float(y.max()) <= 1.0
+  np.testing.assert_array_equal(np.clip(np.floor(np.asarray(y) * L), 0, L - 1), ints)
+  z = jax.random.normal(jax.random.key(6), (4, model.latent_dim))
+  u = np.asarray(model.glow.inverse(
+      model.nif.decode(z).reshape(4, 8, 8, 1) if kind != "normal"
+      else z.reshape(4, 8, 8, 1)), np.float64)
+  lam = model.preprocess.logit.lam
+  expected = np.clip((1 / (1 + np.exp(-u)) - lam) / (1 - 2 * lam), 0, 1)
+  np.testing.assert_allclose(model.decode(z, output="continuous"), expected, atol=1e-5)
+  rec = model.reconstruct(ints, output="continuous")
+  np.testing.assert_array_equal(np.clip(np.floor(np.asarray(rec) * L), 0, L - 1),
+                                model.reconstruct(ints))
+  # The plotting helper maps a level to its bin centre, which floors back to it.
+  centres = np.asarray(model.to_float_images(jnp.arange(L).reshape(1, 1, L, 1)))
+  np.testing.assert_allclose(centres.ravel(), (np.arange(L) + 0.5) / L, rtol=1e-6)
+  with pytest.raises(ValueError, match="output must be one of"):
+    model.sample(key, 2, output="floats")
+
+
 def test_decode_at_s0_lies_on_the_manifold(trained_like):
   kind, model = trained_like
   if kind == "normal":

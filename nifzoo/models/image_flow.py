@@ -37,6 +37,16 @@ WIRING_REVISION = 2
 # Config fields of `model` that only set defaults of methods, not the function.
 _NOT_WIRING = ("num_iw_samples", "sample_noise")
 ENCODINGS = ("stochastic_inverse", "posterior")
+# What decode/sample return: "levels" = integer images in [0, L) (floor of the
+# flow's output), "continuous" = the flow's sigmoid output y in [0, 1] before
+# flooring (float32; the authors scored FID on these).
+OUTPUTS = ("levels", "continuous")
+
+
+def check_output(output: str) -> str:
+  if output not in OUTPUTS:
+    raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}.")
+  return output
 
 
 class ImageFlow(nnx.Module):
@@ -120,10 +130,18 @@ class ImageFlow(nnx.Module):
     v, ld_glow = self.glow.forward(v)
     return v.reshape(v.shape[0], self.dim), ld_pre + ld_glow
 
-  def flow_inverse(self, v):
-    """Flow latent (B, D) -> integer images (B, H, W, C) in [0, L)."""
-    return self.preprocess.inverse(
-        self.glow.inverse(v.reshape(v.shape[0], *self.image_shape)))
+  def flow_inverse(self, v, output: str = "levels"):
+    """Flow latent (B, D) -> images (B, H, W, C).
+
+    ``output="levels"``: integers in [0, L), floor(y L); ``"continuous"``: the
+    dequantised value y = (sigmoid(v') - lam) / (1 - 2 lam) clipped to [0, 1],
+    float32 (docs/math.md §5.2, inverted), so that floor(y L) is the level.
+    """
+    check_output(output)
+    u = self.glow.inverse(v.reshape(v.shape[0], *self.image_shape))
+    if output == "levels":
+      return self.preprocess.inverse(u)
+    return jnp.clip(self.preprocess.logit.inverse(u), 0.0, 1.0)
 
   def initialize(self, batch, key=None):
     """Data-dependent init of every ActNorm from one batch of integer images.
@@ -192,30 +210,38 @@ class ImageFlow(nnx.Module):
       return self.nif.posterior(v, noise_scale=noise_scale)[0]
     return self.nif.stochastic_inverse(v)[0]
 
-  def decode(self, z, *, key=None, noise_scale=0.0, noise=None):
-    """Latents (B, k) -> integer images; s = 0 (or no key) lands on the manifold."""
+  def decode(self, z, *, key=None, noise_scale=0.0, noise=None,
+             output: str = "levels"):
+    """Latents (B, k) -> images; s = 0 (or no key) lands on the manifold.
+
+    ``output``: "levels" (integers in [0, L)) or "continuous" (floats in [0, 1]).
+    """
     self._check_latent(z)
     checks.check_noise_scale(noise_scale)
+    check_output(output)
     if self.prior == "normal":
-      return self.flow_inverse(z)
+      return self.flow_inverse(z, output)
     v = self.nif.decode(z, key=key, noise_scale=noise_scale,
                         noise=noise or self.sample_noise)
-    return self.flow_inverse(v)
+    return self.flow_inverse(v, output)
 
   def reconstruct(self, x, *, kind: str = "stochastic_inverse", key=None,
-                  noise_scale=0.0, noise=None):
+                  noise_scale=0.0, noise=None, output: str = "levels"):
     """decode(encode(x)): the projection of x onto the learned manifold at s = 0."""
     return self.decode(self.encode(x, kind=kind), key=key,
-                       noise_scale=noise_scale, noise=noise)
+                       noise_scale=noise_scale, noise=noise, output=output)
 
   def sample(self, key, n: int, *, temperature=1.0, noise_scale=1.0,
-             noise=None):
-    """n integer images (n, H, W, C): z ~ N(0, T^2 I), x = A z + b + s noise.
+             noise=None, output: str = "levels"):
+    """n images (n, H, W, C): z ~ N(0, T^2 I), x = A z + b + s noise.
 
     ``noise`` is "learned" (s Sigma^1/2 eps) or "isotropic" (s eps, the
-    authors' sampler); default: the model's ``sample_noise``.
+    authors' sampler); default: the model's ``sample_noise``. ``output``:
+    "levels" (integers in [0, L)) or "continuous" (floats in [0, 1], the
+    flow's output before flooring; FID scores these).
     """
     n = checks.check_positive_int(n, "n")
+    check_output(output)
     checks.check_noise_scale(noise_scale)
     checks.check_noise_scale(temperature, "temperature")
     noise = noise or self.sample_noise
@@ -228,11 +254,14 @@ class ImageFlow(nnx.Module):
       z_key, x_key = jax.random.split(key)
       z = self.lowdim.sample(z_key, n, temperature=temperature)
       v = self.nif.decode(z, key=x_key, noise_scale=noise_scale, noise=noise)
-    return self.flow_inverse(v)
+    return self.flow_inverse(v, output)
 
   def to_float_images(self, x):
-    """Integer images in [0, L) -> float32 images in [0, 1] for plotting."""
-    return jnp.asarray(x, jnp.float32) / (self.num_levels - 1)
+    """Integer levels in [0, L) -> float32 bin centres (x + 1/2) / L in (0, 1).
+
+    The same scale as the "continuous" output, whose floor(y L) is the level.
+    """
+    return (jnp.asarray(x, jnp.float32) + 0.5) / self.num_levels
 
 
 def build(config, *, rngs: nnx.Rngs) -> ImageFlow:
