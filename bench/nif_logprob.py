@@ -23,7 +23,6 @@ import os
 import pathlib
 import platform
 import statistics
-import sys
 import time
 
 import jax
@@ -31,10 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from nifzoo.nif import GaussianNIF  # noqa: E402
-from nifzoo.nif import StochasticCoupling  # noqa: E402
-from nifzoo.nif import UpsampleNIF  # noqa: E402
+from nifzoo.nif import GaussianNIF
+from nifzoo.nif import StochasticCoupling
+from nifzoo.nif import UpsampleNIF
 
 BATCH = 32
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "nif_logprob.json"

@@ -30,7 +30,6 @@ CASES = [
 
 
 def run_case(name, batch, steps, compile_only):
-  sys.path.insert(0, ROOT)
   import jax
   import numpy as np
 

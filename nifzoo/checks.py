@@ -58,3 +58,10 @@ def check_positive_int(n, name: str):
   if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
     raise ValueError(f"{name} must be a positive integer, got {n!r}.")
   return int(n)
+
+
+def check_choice(value, name: str, choices: Sequence[str]):
+  """Requires ``value`` to be one of ``choices`` (an enum-like string argument)."""
+  if value not in choices:
+    raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}.")
+  return value

@@ -19,18 +19,17 @@ import re
 
 import ml_collections
 
-from nifzoo import data as data_lib
+# Imports only the light data config (no jax): config files stay cheap to load.
+from nifzoo.data import config as data_config
+from nifzoo.data.config import finalize  # noqa: F401  (configs.finalize(c))
 
-# dataset short name -> (tfds name, image shape, num_scales, model names).
-DATASETS = {
-    "fmnist": ("fashion_mnist", (28, 28, 1), 2,
-               ("nf", "nif64", "nif128", "nif256", "nif512")),
-    "cifar10": ("cifar10", (32, 32, 3), 4,
-                ("nf", "nif64", "nif128", "nif256", "nif512")),
-    "celeba": ("celeb_a", (64, 64, 3), 5,
-               ("nf", "nif64", "nif128", "nif256", "nif512", "deepnif128")),
-    "digits": ("digits", (8, 8, 1), 2,
-               ("nf", "nif4", "nif8", "nif16", "nif32")),
+# dataset short name -> its model names (the facts about the data are in
+# nifzoo.data.config.DATASETS).
+MODELS = {
+    "fmnist": ("nf", "nif64", "nif128", "nif256", "nif512"),
+    "cifar10": ("nf", "nif64", "nif128", "nif256", "nif512"),
+    "celeba": ("nf", "nif64", "nif128", "nif256", "nif512", "deepnif128"),
+    "digits": ("nf", "nif4", "nif8", "nif16", "nif32"),
 }
 
 _MODEL_RE = re.compile(r"^(nf|nif(\d+)|deepnif(\d+))$")
@@ -56,7 +55,7 @@ _SHORTCUTS = {
 
 def names(pattern: str = "*") -> list[str]:
   """All registry names (``fmnist-nf`` ... ``digits-nif32``) matching a glob."""
-  out = [f"{ds}-{m}" for ds, spec in DATASETS.items() for m in spec[3]]
+  out = [f"{ds}-{m}" for ds, models in MODELS.items() for m in models]
   return [n for n in out if fnmatch.fnmatch(n, pattern)]
 
 
@@ -71,7 +70,7 @@ def get_config(name: str) -> ml_collections.ConfigDict:
   """Config for a registry name, e.g. ``"celeba-nif128"`` or ``"digits-nif16,tiny"``."""
   base, _, overrides = name.partition(",")
   dataset, _, model = base.partition("-")
-  if dataset not in DATASETS or model not in DATASETS[dataset][3]:
+  if dataset not in MODELS or model not in MODELS[dataset]:
     raise _unknown("model name", base, names())
   return build_config(dataset, model + ("," + overrides if overrides else ""))
 
@@ -89,9 +88,9 @@ def _parse_value(text: str):
 
 def build_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDict:
   """The config for ``dataset`` and ``arg`` = ``"<model>[,override...]"``."""
-  if dataset not in DATASETS:
-    raise _unknown("dataset", dataset, DATASETS)
-  tfds_name, image_shape, num_scales, models = DATASETS[dataset]
+  if dataset not in MODELS:
+    raise _unknown("dataset", dataset, MODELS)
+  info, models = data_config.DATASETS[dataset], MODELS[dataset]
   parts = [p.strip() for p in (arg or models[0]).split(",") if p.strip()]
   model = parts[0]
   if model not in models:
@@ -106,17 +105,13 @@ def build_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigD
   # 3-bit data for the paper datasets, 17 grey levels for digits; standard
   # splits ("paper": the authors' 60/20/20 re-split); CelebA preprocessing
   # "authors" (every other pixel + crop) or "center_crop".
-  c.data = data_lib.default_data_config(tfds_name)
-  if "bits" not in c.data:
-    c.data.bits = None              # digits: 17 levels, not a power of two.
-  if "celeba_preprocess" not in c.data:
-    c.data.celeba_preprocess = "authors"  # Unused outside celeb_a.
+  c.data = data_config.default_data_config(info.name)
 
   # ---------------------------------------------------------------- model
   m = c.model = ml_collections.ConfigDict()
   m.prior = kind                    # "normal" (NF) | "nif" | "deepnif".
   m.latent_dim = latent             # k (0 for the NF baseline).
-  m.num_scales = num_scales
+  m.num_scales = info.num_scales
   m.steps_per_scale = 16
   m.width = 512 if kind == "deepnif" else 256  # Deep NIF: 512 channels (App. B.4).
   # Invertible 1x1 conv: "lu" is Glow's (the paper builds on Glow); the authors'
@@ -181,17 +176,7 @@ def build_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigD
 
   for p in parts[1:]:
     _apply_override(c, p)
-  return finalize(c)
-
-
-def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Re-derives dependent fields after overrides (``num_levels = 2**bits``)."""
-  if c.data.bits is not None:
-    if not 1 <= c.data.bits <= 8:
-      raise ValueError(f"data.bits must be in [1, 8], got {c.data.bits}.")
-    c.data.num_levels = 2 ** c.data.bits
-  data_lib.check_data_config(c.data)
-  return c
+  return data_config.finalize(c)
 
 
 def _model_kind(model: str) -> tuple[str, int]:

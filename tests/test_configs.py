@@ -107,3 +107,34 @@ def test_unknown_names_suggest_close_matches():
   assert "celeba-deepnif128" in configs.names("celeba-*")
   assert configs.names("digits-*") == [
       "digits-nf", "digits-nif4", "digits-nif8", "digits-nif16", "digits-nif32"]
+
+
+def test_importing_configs_does_not_import_jax():
+  """Config files import nifzoo.configs: loading one must stay cheap."""
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code = (
+      "import importlib.util, sys\n"
+      "import nifzoo.configs\n"
+      f"spec = importlib.util.spec_from_file_location('c', {os.path.join(root, 'configs', 'celeba.py')!r})\n"
+      "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
+      "assert mod.get_config('nif128').data.num_levels == 8\n"
+      "heavy = sorted({m.split('.')[0] for m in sys.modules} & "
+      "{'jax', 'jaxlib', 'flax', 'grain', 'orbax', 'tensorflow', 'tensorflow_datasets'})\n"
+      "print(heavy)\n")
+  env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=env, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_dataset_facts_are_in_one_place():
+  from nifzoo.data import config as data_config
+  assert set(configs.MODELS) == set(data_config.DATASETS)
+  for short, info in data_config.DATASETS.items():
+    c = configs.get_config(f"{short}-nf")
+    assert tuple(c.data.image_shape) == info.image_shape
+    assert c.model.num_scales == info.num_scales and c.data.name == info.name

@@ -155,7 +155,7 @@ def test_scanned_steps_trace_one_body():
 def test_glow_validation():
   with pytest.raises(ValueError, match=r"divisible by 2\*\*num_scales = 8"):
     flows.Glow((28, 28, 1), 3, 1, 4, rngs=rngs(0))
-  with pytest.raises(ValueError, match="conv must be one of"):
+  with pytest.raises(ValueError, match="parameterization must be one of"):
     flows.Glow((4, 4, 1), 1, 1, 4, conv="svd", rngs=rngs(0))
   with pytest.raises(ValueError, match="squeeze must be one of"):
     flows.Glow((4, 4, 1), 1, 1, 4, squeeze="nchw", rngs=rngs(0))

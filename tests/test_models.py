@@ -220,7 +220,7 @@ def test_bad_input_is_named(digits_batch):
     model.log_prob(jnp.full((2, 8, 8, 1), 20, jnp.int32))
   with pytest.raises(ValueError, match="noise_scale"):
     model.log_prob(digits_batch, noise_scale=-1.0)
-  with pytest.raises(ValueError, match="noise_scale > 0"):
+  with pytest.raises(ValueError, match="noise_scale must be > 0"):
     model.log_prob(digits_batch, noise_scale=0.0)
   with pytest.raises(ValueError, match="kind"):
     model.encode(digits_batch, kind="mean")

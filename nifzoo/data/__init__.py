@@ -5,31 +5,34 @@ Public API::
   default_data_config(name)                    # config.data for a dataset
   get_source(data_config, split)               # random access, quantised examples
   make_dataset(data_config, split, *, global_batch_size, seed, ...)  # grain.IterDataset
-  iterator_save_args(it) / iterator_restore_args(it)  # Orbax args for the iterator
 
 Batches are ``{"image": int32 (B_local, H, W, C) in [0, num_levels),
 "label": int32 (B_local,)}`` with ``B_local = global_batch_size // process_count``.
+
+The names are imported lazily: ``nifzoo.data.config`` (the dataset facts, used by
+``nifzoo.configs``) must not pull in jax, grain or tfds.
 """
 
-from nifzoo.data.checkpoint import DataIteratorHandler
-from nifzoo.data.checkpoint import DataIteratorRestore
-from nifzoo.data.checkpoint import DataIteratorSave
-from nifzoo.data.checkpoint import iterator_restore_args
-from nifzoo.data.checkpoint import iterator_save_args
-from nifzoo.data.config import KNOWN_DATASETS
-from nifzoo.data.config import check_data_config
-from nifzoo.data.config import default_data_config
-from nifzoo.data.digits import DIGITS_NUM_EXAMPLES
-from nifzoo.data.digits import DIGITS_NUM_TEST
-from nifzoo.data.digits import DIGITS_NUM_TRAIN
-from nifzoo.data.pipeline import ProcessIterDataset
-from nifzoo.data.pipeline import ProcessIterator
-from nifzoo.data.pipeline import make_dataset
-from nifzoo.data.pipeline import shard_bounds
-from nifzoo.data.sources import DatasetNotPreparedError
-from nifzoo.data.sources import celeba_authors
-from nifzoo.data.sources import celeba_center_crop
-from nifzoo.data.sources import get_source
-from nifzoo.data.sources import paper_split_indices
-from nifzoo.data.sources import paper_split_sizes
-from nifzoo.data.sources import quantise
+import importlib
+
+_EXPORTS = {
+    "config": ("Dataset", "DATASETS", "KNOWN_DATASETS", "check_data_config",
+               "default_data_config", "finalize"),
+    "digits": ("DIGITS_NUM_EXAMPLES", "DIGITS_NUM_TEST", "DIGITS_NUM_TRAIN"),
+    "pipeline": ("check_iterator_processes", "make_dataset", "shard_bounds"),
+    "sources": ("DatasetNotPreparedError", "celeba_authors", "celeba_center_crop",
+                "get_source", "paper_split_indices", "paper_split_sizes",
+                "quantise"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name):
+  if name in _MODULE_OF:
+    return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+  return __all__

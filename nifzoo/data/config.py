@@ -1,4 +1,7 @@
-"""The data config shared by sources, pipelines and the config files.
+"""The dataset facts and the data config, shared by configs, sources and pipelines.
+
+Imports only ``ml_collections``: ``nifzoo.configs`` (which every config file
+imports) stays cheap.
 
 ``config.data`` is an ``ml_collections.ConfigDict`` with fields:
 
@@ -16,20 +19,31 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import ml_collections
 
+
+class Dataset(NamedTuple):
+  """What the zoo knows about a dataset: the facts configs and pipelines share."""
+  name: str                       # config.data.name: tfds name, or "digits"
+  image_shape: tuple[int, int, int]  # (H, W, C) of the model's input
+  num_scales: int                 # Glow scales of the paper's models (docs/math.md §5.5)
+
+
 DIGITS = "digits"
-TFDS_DATASETS = ("fashion_mnist", "cifar10", "celeb_a")
+# Short name (the registry's `<dataset>-<model>` prefix) -> facts.
+DATASETS = {
+    "fmnist": Dataset("fashion_mnist", (28, 28, 1), 2),
+    "cifar10": Dataset("cifar10", (32, 32, 3), 4),
+    "celeba": Dataset("celeb_a", (64, 64, 3), 5),
+    "digits": Dataset(DIGITS, (8, 8, 1), 2),
+}
+_BY_NAME = {d.name: d for d in DATASETS.values()}
+TFDS_DATASETS = tuple(n for n in _BY_NAME if n != DIGITS)
 KNOWN_DATASETS = (DIGITS,) + TFDS_DATASETS
 SPLIT_MODES = ("standard", "paper")
 CELEBA_PREPROCESS = ("authors", "center_crop")
-
-_IMAGE_SHAPES = {
-    "digits": (8, 8, 1),
-    "fashion_mnist": (28, 28, 1),
-    "cifar10": (32, 32, 3),
-    "celeb_a": (64, 64, 3),
-}
 DIGITS_NUM_LEVELS = 17
 DEFAULT_BITS = 3  # The paper trained and evaluated every model on 3-bit images.
 
@@ -43,21 +57,36 @@ def check_name(name: str) -> str:
 
 
 def default_data_config(name: str) -> ml_collections.ConfigDict:
-  """The default ``config.data`` for dataset ``name`` (standard splits)."""
+  """The default ``config.data`` for dataset ``name`` (standard splits).
+
+  Every field exists for every dataset (``bits`` is None for digits,
+  ``celeba_preprocess`` is unused outside celeb_a), so a locked config takes
+  overrides of any of them.
+  """
   check_name(name)
   config = ml_collections.ConfigDict()
   config.name = name
   config.data_dir = ml_collections.config_dict.placeholder(str)
-  config.image_shape = _IMAGE_SHAPES[name]
+  config.image_shape = _BY_NAME[name].image_shape
   config.split = "standard"
-  if name == DIGITS:
-    config.num_levels = DIGITS_NUM_LEVELS
-  else:
-    config.bits = DEFAULT_BITS
-    config.num_levels = 2**DEFAULT_BITS
-  if name == "celeb_a":
-    config.celeba_preprocess = "authors"
+  config.bits = None if name == DIGITS else DEFAULT_BITS  # digits: 17 levels.
+  config.num_levels = DIGITS_NUM_LEVELS if name == DIGITS else 2**DEFAULT_BITS
+  config.celeba_preprocess = "authors"
   return config
+
+
+def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Re-derives ``config.data.num_levels = 2**bits`` after overrides, then checks
+  ``config.data`` (:func:`check_data_config`). Returns ``config``."""
+  data = config.data
+  if _valid_bits(data.get("bits")):
+    data.num_levels = 2**data.bits
+  check_data_config(data)
+  return config
+
+
+def _valid_bits(bits) -> bool:
+  return isinstance(bits, int) and not isinstance(bits, bool) and 1 <= bits <= 8
 
 
 def check_data_config(data_config) -> None:
@@ -78,7 +107,7 @@ def check_data_config(data_config) -> None:
           f"must be {DIGITS_NUM_LEVELS}, got {num_levels}.")
     return
   bits = data_config.get("bits", None)
-  if bits is None or not isinstance(bits, int) or not 1 <= bits <= 8:
+  if not _valid_bits(bits):
     raise ValueError(f"data.bits must be an int in [1, 8] for {name}, got {bits!r}.")
   if num_levels != 2**bits:
     raise ValueError(

@@ -8,7 +8,11 @@
     .repeat()                             # reseeds the shuffle every epoch
     .to_iter_dataset(ReadOptions(...))    # in-process reader threads, no workers
     .batch(B_local)                       # dict of numpy arrays
-  -> ProcessIterDataset                   # tags the iterator state with the process
+
+Checkpoint the iterator with grain's Orbax handler
+(``grain.checkpoint.CheckpointSave(it)`` / ``CheckpointRestore(it)``, one JSON state
+file per process); :func:`check_iterator_processes` adds the clear error grain
+lacks when a run restarts with a different number of processes.
 
 Shards: every process gets ``n // process_count`` examples (contiguous blocks, the
 last ``n % process_count`` examples are dropped), so shards are disjoint, equal in
@@ -18,16 +22,15 @@ the end of an evaluation).
 
 from __future__ import annotations
 
-from typing import Any
+import re
 
 import grain
 import jax
 import numpy as np
+from etils import epath
 
 from nifzoo import checks
 from nifzoo.data import sources
-
-_STATE_KEYS = ("process_index", "process_count", "dataset", "pipeline")
 
 
 def _batch_fn(examples) -> dict[str, np.ndarray]:
@@ -56,70 +59,26 @@ def shard_bounds(n: int, process_index: int, process_count: int) -> tuple[int, i
   return process_index * per, (process_index + 1) * per
 
 
-class ProcessIterDataset(grain.IterDataset):
-  """Wraps an ``IterDataset`` so that its iterator state names the process."""
-
-  def __init__(self, parent: grain.IterDataset, *, process_index: int,
-               process_count: int, dataset: str):
-    super().__init__(parent)
-    self.process_index = process_index
-    self.process_count = process_count
-    self.dataset = dataset
-
-  def __iter__(self) -> "ProcessIterator":
-    return ProcessIterator(self._parent.__iter__(), process_index=self.process_index,
-                           process_count=self.process_count, dataset=self.dataset)
-
-  def __str__(self) -> str:
-    return (f"ProcessIterDataset(process {self.process_index} of "
-            f"{self.process_count}, {self.dataset})")
+_STATE_FILE_RE = re.compile(r"process_(\d+)-of-(\d+)\.json")
 
 
-class ProcessIterator(grain.DatasetIterator):
-  """Iterator whose state is ``{"process_index", "process_count", "dataset", "pipeline"}``.
+def check_iterator_processes(directory, process_count: int | None = None) -> None:
+  """Checks that the iterator states in ``directory`` (an Orbax item directory
+  written by grain's handler) were saved by ``process_count`` processes.
 
-  ``set_state`` refuses a state saved by a different process count or index:
-  grain iterator states are per process, so a restart must use the same number
-  of processes.
+  grain names each process's state file ``process_{i}-of-{n}.json`` and, on a
+  mismatch, fails with "File ... does not exist"; this says what went wrong.
   """
-
-  def __init__(self, parent: grain.DatasetIterator, *, process_index: int,
-               process_count: int, dataset: str):
-    super().__init__(parent)
-    self.process_index = process_index
-    self.process_count = process_count
-    self.dataset = dataset
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    return next(self._parent)
-
-  def get_state(self) -> dict[str, Any]:
-    return {"process_index": self.process_index, "process_count": self.process_count,
-            "dataset": self.dataset, "pipeline": self._parent.get_state()}
-
-  def set_state(self, state: dict[str, Any]) -> None:
-    missing = [k for k in _STATE_KEYS if k not in state]
-    if missing:
-      raise ValueError(f"Not a nifzoo data iterator state (missing {missing}).")
-    if state["process_count"] != self.process_count:
-      raise ValueError(
-          f"The data iterator state was saved by a run with {state['process_count']} "
-          f"processes, but this run has {self.process_count}. grain iterator state "
-          f"is per process: restarts must use the same number of processes.")
-    if state["process_index"] != self.process_index:
-      raise ValueError(
-          f"The data iterator state belongs to process {state['process_index']}, "
-          f"this is process {self.process_index} (of {self.process_count}); "
-          f"each process must restore its own state.")
-    if state["dataset"] != self.dataset:
-      raise ValueError(
-          f"The data iterator state is for {state['dataset']!r}, this iterator "
-          f"reads {self.dataset!r}.")
-    self._parent.set_state(state["pipeline"])
-
-  def __str__(self) -> str:
-    return (f"ProcessIterator(process {self.process_index} of "
-            f"{self.process_count}, {self.dataset})")
+  process_count = jax.process_count() if process_count is None else process_count
+  directory = epath.Path(directory)
+  names = [p.name for p in directory.iterdir()] if directory.exists() else []
+  counts = sorted({int(m.group(2)) for m in map(_STATE_FILE_RE.fullmatch, names) if m})
+  if counts and process_count not in counts:
+    raise ValueError(
+        f"The data iterator checkpoint in {directory} was saved by "
+        f"{' / '.join(map(str, counts))} process(es) but this run has "
+        f"{process_count}. grain iterator state is per process: restarts must "
+        "use the same number of processes.")
 
 
 def make_dataset(
@@ -135,7 +94,7 @@ def make_dataset(
     process_count: int | None = None,
     num_threads: int = 8,
     prefetch_buffer_size: int | None = None,
-) -> ProcessIterDataset:
+) -> grain.IterDataset:
   """The input pipeline of ``split`` for this process.
 
   Args:
@@ -154,7 +113,7 @@ def make_dataset(
     A ``grain.IterDataset`` yielding ``{"image": int32 (B_local, H, W, C) in
     [0, num_levels), "label": int32 (B_local,)}`` with
     ``B_local = global_batch_size // process_count``. Its iterator supports
-    ``get_state()/set_state()``; see ``nifzoo.data.iterator_save_args``.
+    ``get_state()/set_state()`` and checkpoints with grain's Orbax handler.
   """
   global_batch_size = checks.check_positive_int(global_batch_size, "global_batch_size")
   process_index, process_count = _process_index_count(process_index, process_count)
@@ -185,8 +144,5 @@ def make_dataset(
   read = grain.ReadOptions(
       num_threads=num_threads,
       prefetch_buffer_size=prefetch_buffer_size or 2 * local_batch)
-  it_ds = ds.to_iter_dataset(read).batch(
+  return ds.to_iter_dataset(read).batch(
       local_batch, drop_remainder=drop_remainder, batch_fn=_batch_fn)
-  return ProcessIterDataset(
-      it_ds, process_index=process_index, process_count=process_count,
-      dataset=f"{data_config.name}:{data_config.get('split', 'standard')}:{split}")

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from nifzoo import checks
 from nifzoo.flows import _base
 
 PARAMETERIZATIONS = ("lu", "colnorm")
@@ -41,9 +42,7 @@ class InvConv1x1(nnx.Module):
 
   def __init__(self, channels: int, *, parameterization: str = "lu",
                rngs: nnx.Rngs):
-    if parameterization not in PARAMETERIZATIONS:
-      raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, "
-                       f"got {parameterization!r}.")
+    checks.check_choice(parameterization, "parameterization", PARAMETERIZATIONS)
     self.channels = channels
     self.parameterization = parameterization
     w0 = nnx.initializers.orthogonal()(rngs.params(), (channels, channels),

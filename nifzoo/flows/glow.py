@@ -44,8 +44,7 @@ class GlowStep(nnx.Module):
 
   def __init__(self, channels: int, width: int, *, conv: str = "lu",
                coupling: str = "affine", rngs: nnx.Rngs):
-    if coupling not in COUPLINGS:
-      raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}.")
+    checks.check_choice(coupling, "coupling", COUPLINGS)
     self.actnorm = actnorm_lib.ActNorm(channels)
     self.conv = conv1x1_lib.InvConv1x1(channels, parameterization=conv,
                                        rngs=rngs)
@@ -107,14 +106,8 @@ class Glow(nnx.Module):
     steps_per_scale = checks.check_positive_int(steps_per_scale,
                                                 "steps_per_scale")
     width = checks.check_positive_int(width, "width")
-    if conv not in conv1x1_lib.PARAMETERIZATIONS:
-      raise ValueError(f"conv must be one of {conv1x1_lib.PARAMETERIZATIONS}, "
-                       f"got {conv!r}.")
-    if coupling not in COUPLINGS:
-      raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}.")
-    if squeeze not in reshape_lib.SQUEEZE_ORDERS:
-      raise ValueError(f"squeeze must be one of {reshape_lib.SQUEEZE_ORDERS}, "
-                       f"got {squeeze!r}.")
+    # conv and coupling are checked by the layers that use them (GlowStep).
+    checks.check_choice(squeeze, "squeeze", reshape_lib.SQUEEZE_ORDERS)
     h, w, c = input_shape
     factor = 2**num_scales
     if h % factor or w % factor:

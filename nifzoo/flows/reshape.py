@@ -21,8 +21,7 @@ _PERMS = {"glow": (0, 1, 3, 2, 4, 5), "channel_major": (0, 1, 3, 5, 2, 4)}
 
 
 def _check_order(order):
-  if order not in SQUEEZE_ORDERS:
-    raise ValueError(f"order must be one of {SQUEEZE_ORDERS}, got {order!r}.")
+  checks.check_choice(order, "order", SQUEEZE_ORDERS)
 
 
 def squeeze(x, order: str = "channel_major"):

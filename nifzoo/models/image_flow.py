@@ -44,9 +44,7 @@ OUTPUTS = ("levels", "continuous")
 
 
 def check_output(output: str) -> str:
-  if output not in OUTPUTS:
-    raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}.")
-  return output
+  return checks.check_choice(output, "output", OUTPUTS)
 
 
 class ImageFlow(nnx.Module):
@@ -73,22 +71,17 @@ class ImageFlow(nnx.Module):
                lowdim_layers: int = 10, lowdim_hidden: int = 1024,
                lowdim_depth: int = 3, num_iw_samples: int = 16,
                sample_noise: str = "learned", rngs: nnx.Rngs):
-    if prior not in PRIORS:
-      raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}.")
-    if len(tuple(image_shape)) != 3:
-      raise ValueError(f"image_shape must be (H, W, C), got {image_shape}.")
-    if num_levels < 2:
-      raise ValueError(f"num_levels must be >= 2, got {num_levels}.")
-    self.image_shape = tuple(int(s) for s in image_shape)
-    self.num_levels = int(num_levels)
-    self.dim = int(np.prod(self.image_shape))
-    self.prior = prior
-    self.num_iw_samples = int(num_iw_samples)
+    # The layers validate their own arguments (shape, levels, enums).
+    self.prior = checks.check_choice(prior, "prior", PRIORS)
     self.sample_noise = nif.gaussian.check_noise_kind(sample_noise)
-    self.preprocess = flows.Preprocess(self.num_levels, logit_lambda)
-    self.glow = flows.Glow(self.image_shape, num_scales, steps_per_scale, width,
+    self.preprocess = flows.Preprocess(num_levels, logit_lambda)
+    self.glow = flows.Glow(image_shape, num_scales, steps_per_scale, width,
                            conv=conv, coupling=coupling, squeeze=squeeze,
                            rngs=rngs)
+    self.image_shape = self.glow.input_shape
+    self.num_levels = self.preprocess.dequantize.num_levels
+    self.dim = math.prod(self.image_shape)
+    self.num_iw_samples = int(num_iw_samples)
     if prior == "normal":
       self.latent_dim = self.dim
     else:
@@ -167,12 +160,8 @@ class ImageFlow(nnx.Module):
     dequantisation noise is random, otherwise it is 1/2.
     """
     self._check_images(x)
-    checks.check_noise_scale(noise_scale)
-    if checks.is_concrete(noise_scale) and self.prior != "normal" and (
-        float(noise_scale) == 0.0):
-      raise ValueError(
-          "log_prob needs noise_scale > 0: at s = 0 the model is the injective "
-          "flow and x off the manifold has zero density.")
+    if self.prior == "normal":  # The NIF layer checks s (> 0) for the others.
+      checks.check_noise_scale(noise_scale)
     if self.prior == "deepnif" and key is None:
       raise ValueError("The deep NIF's log_prob is an importance-weighted bound "
                        "and needs a `key`.")
@@ -200,8 +189,7 @@ class ImageFlow(nnx.Module):
     of s); ``"posterior"`` the posterior mean under N(0, I) with Sigma -> s^2
     Sigma (the authors' code, s = 1).
     """
-    if kind not in ENCODINGS:
-      raise ValueError(f"kind must be one of {ENCODINGS}, got {kind!r}.")
+    checks.check_choice(kind, "kind", ENCODINGS)
     self._check_images(x)
     v, _ = self.flow_latent(x)
     if self.prior == "normal":
@@ -215,12 +203,10 @@ class ImageFlow(nnx.Module):
     """Latents (B, k) -> images; s = 0 (or no key) lands on the manifold.
 
     ``output``: "levels" (integers in [0, L)) or "continuous" (floats in [0, 1]).
+    The NF has no noise: ``key``, ``noise_scale`` and ``noise`` are unused.
     """
-    self._check_latent(z)
-    checks.check_noise_scale(noise_scale)
-    check_output(output)
     if self.prior == "normal":
-      return self.flow_inverse(z, output)
+      return self.flow_inverse(self._check_latent(z), output)
     v = self.nif.decode(z, key=key, noise_scale=noise_scale,
                         noise=noise or self.sample_noise)
     return self.flow_inverse(v, output)
@@ -241,20 +227,16 @@ class ImageFlow(nnx.Module):
     flow's output before flooring; FID scores these).
     """
     n = checks.check_positive_int(n, "n")
-    check_output(output)
-    checks.check_noise_scale(noise_scale)
-    checks.check_noise_scale(temperature, "temperature")
-    noise = noise or self.sample_noise
+    t = checks.check_noise_scale(temperature, "temperature")
     if self.prior == "normal":
-      v = temperature * jax.random.normal(key, (n, self.dim))
-    elif self.prior == "nif":
-      v = self.nif.sample(key, n, temperature=temperature,
-                          noise_scale=noise_scale, noise=noise)
+      return self.flow_inverse(t * jax.random.normal(key, (n, self.dim)), output)
+    z_key, x_key = jax.random.split(key)
+    if self.prior == "nif":
+      z = t * jax.random.normal(z_key, (n, self.latent_dim))
     else:
-      z_key, x_key = jax.random.split(key)
-      z = self.lowdim.sample(z_key, n, temperature=temperature)
-      v = self.nif.decode(z, key=x_key, noise_scale=noise_scale, noise=noise)
-    return self.flow_inverse(v, output)
+      z = self.lowdim.sample(z_key, n, temperature=t)
+    return self.decode(z, key=x_key, noise_scale=noise_scale, noise=noise,
+                       output=output)
 
   def to_float_images(self, x):
     """Integer levels in [0, L) -> float32 bin centres (x + 1/2) / L in (0, 1).
@@ -265,16 +247,13 @@ class ImageFlow(nnx.Module):
 
 
 def build(config, *, rngs: nnx.Rngs) -> ImageFlow:
-  """The model for any zoo config (NF, NIF-k, deep NIF, any dataset)."""
-  m, d = config.model, config.data
-  return ImageFlow(
-      tuple(d.image_shape), d.num_levels, prior=m.prior,
-      latent_dim=m.latent_dim, num_scales=m.num_scales,
-      steps_per_scale=m.steps_per_scale, width=m.width, conv=m.conv,
-      coupling=m.coupling, squeeze=m.squeeze, logit_lambda=m.logit_lambda,
-      nif_bias=m.nif_bias, lowdim_layers=m.lowdim_layers,
-      lowdim_hidden=m.lowdim_hidden, lowdim_depth=m.lowdim_depth,
-      num_iw_samples=m.num_iw_samples, sample_noise=m.sample_noise, rngs=rngs)
+  """The model for any zoo config (NF, NIF-k, deep NIF, any dataset).
+
+  ``config.model``'s keys are :class:`ImageFlow`'s argument names; the image
+  shape and the number of grey levels come from ``config.data``.
+  """
+  return ImageFlow(tuple(config.data.image_shape), config.data.num_levels,
+                   **config.model, rngs=rngs)
 
 
 def seeded_rngs(seed: int) -> nnx.Rngs:

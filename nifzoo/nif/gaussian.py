@@ -238,9 +238,7 @@ def check_decode_key(key, s):
 
 
 def check_noise_kind(noise):
-  if noise not in NOISE_KINDS:
-    raise ValueError(f"noise must be one of {NOISE_KINDS}, got {noise!r}.")
-  return noise
+  return checks.check_choice(noise, "noise", NOISE_KINDS)
 
 
 def check_batch(x, name: str, event_shape):

@@ -17,7 +17,6 @@ from clu import periodic_actions
 from etils import epath
 from flax import nnx
 
-from nifzoo import configs as configs_lib
 from nifzoo import data as data_lib
 from nifzoo import evaluate as evaluate_lib
 from nifzoo import images as images_lib
@@ -81,7 +80,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   Returns the final metrics (train bits/dim averaged since the last log, test
   bits/dim, number of skipped non-finite steps).
   """
-  config = configs_lib.finalize(config)
+  config = data_lib.finalize(config)
   if config.on_nonfinite not in ("skip", "stop"):
     raise ValueError(
         f"on_nonfinite must be 'skip' or 'stop', got {config.on_nonfinite!r}.")
