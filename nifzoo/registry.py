@@ -119,7 +119,7 @@ def search_path(registry: str | Sequence[str] | None = None) -> list[str]:
   env = os.environ.get(ENV_VAR, "")
   dirs += [d for d in env.split(os.pathsep) if d]
   dirs.append(packaged_dir())
-  return [os.fspath(d) for d in dirs]
+  return [os.path.expanduser(os.fspath(d)) for d in dirs]
 
 
 def entry_path(directory: str, name: str) -> str:
@@ -234,6 +234,7 @@ def all_entries(pattern: str = "*", registry=None) -> list[Entry]:
 
 def write_entry(directory: str, data: dict) -> str:
   """Validates and writes ``data`` as ``<directory>/entries/<name>.json``."""
+  directory = os.path.expanduser(directory)
   path = entry_path(directory, data["name"])
   validate(data, path)
   os.makedirs(os.path.dirname(path), exist_ok=True)

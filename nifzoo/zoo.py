@@ -376,6 +376,7 @@ def register(workdir: str, registry_dir: str, *, name: str | None = None,
   to ``<registry_dir>/entries/<name>.json``; ``name`` defaults to the run's
   ``config.name``. Returns the entry's path.
   """
+  registry_dir = os.path.expanduser(registry_dir)
   config = workdir_config(workdir)
   name = name or config.name
   base = config.name
