@@ -13,6 +13,7 @@ jax.distributed.initialize() when --distributed is set or the environment
 says it is a multi-host job (see nifzoo/mesh.py).
 """
 
+import os
 import sys
 import time
 
@@ -66,7 +67,9 @@ def main(argv):
         metrics=zoo.eval_metrics(result.get("test_eval"), command),
         training={"command": command, "steps": int(_CONFIG.value.total_steps),
                   "wall_time_s": round(wall, 1),
-                  "hardware": zoo.hardware_string()})
+                  "hardware": zoo.hardware_string(),
+                  # Other work on the machine slows the run: say how busy it was.
+                  "load_average_1min": round(os.getloadavg()[0], 1)})
     logging.info("Registered %s", path)
 
 
