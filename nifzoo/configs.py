@@ -153,6 +153,9 @@ def build_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigD
   c.sample_every = 5_000
   c.num_sample_images = 64
   c.on_nonfinite = "skip"           # "skip" the step, or "stop" the run.
+  # Start a fresh run from another workdir's variables (a converted NF from
+  # launch/convert.py, or a trained run) instead of random init + ActNorm init.
+  c.init_from = ml_collections.config_dict.placeholder(str)
   # Intermediate checkpoints: test bits/dim on the first eval_batches batches;
   # the last step: every test image once, eval_num_draws dequantisation draws.
   c.eval_batches = 10

@@ -26,13 +26,9 @@ from __future__ import annotations
 import builtins
 import json
 import os
-import shutil
-from typing import Any, Sequence
 
 import jax
 import ml_collections
-import numpy as np
-import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 from flax import traverse_util
@@ -41,12 +37,14 @@ import nifzoo
 from nifzoo import configs
 from nifzoo import models
 from nifzoo import registry as registry_lib
+from nifzoo.train import checkpoint as ckpt_lib
 from nifzoo.train.checkpoint import CONFIG_FILE
+from nifzoo.train.checkpoint import CheckpointError
 
 INIT_MODES = (None, "random")
 
 
-class ZooError(RuntimeError):
+class ZooError(CheckpointError):
   """A model that cannot be loaded: no checkpoint, hash mismatch, bad wiring."""
 
 
@@ -139,17 +137,13 @@ def _jsonable(v):
 
 def check_wiring(saved: dict, config, where: str) -> None:
   """Refuses a checkpoint trained with another wiring, naming the fields."""
-  now = _jsonable(models.wiring(config))
-  saved = _jsonable(saved)
-  diff = sorted(k for k in set(now) | set(saved) if now.get(k) != saved.get(k))
+  diff = models.wiring_differences(saved, config)
   if diff:
-    details = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, code {now.get(k)!r}"
-                        for k in diff)
     raise ZooError(
         f"The checkpoint at {where} was trained with a different wiring than "
-        f"this code builds ({details}). Loading it would compute something "
-        f"else without any shape error; retrain it, or use the nifzoo version "
-        f"that wrote it.")
+        f"this code builds ({'; '.join(diff)}). Loading it would compute "
+        f"something else without any shape error; retrain it, or use the "
+        f"nifzoo version that wrote it.")
 
 
 # ------------------------------------------------------------------ restoring
@@ -167,69 +161,6 @@ def _target_sharding(mesh, sharding):
   if mesh is not None:
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   return jax.sharding.SingleDeviceSharding(jax.devices()[0])
-
-
-def _path_str(path) -> str:
-  parts = []
-  for k in path:
-    name = getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))
-    parts.append(str(name))
-  if parts and parts[-1] == "value":
-    parts.pop()
-  return "/".join(parts)
-
-
-def _flat_shapes(tree) -> dict[str, tuple]:
-  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {_path_str(p): tuple(getattr(l, "shape", ())) for p, l in leaves}
-
-
-def _abspath(path: str) -> str:
-  # Orbax reads an empty tree from a relative path without complaint.
-  return path if str(path).startswith("gs://") else os.path.abspath(path)
-
-
-def _check_shapes(path: str, target, prefix: str = "") -> None:
-  """Names the first variable whose saved shape differs from the config's."""
-  path = _abspath(path)
-  try:
-    meta = ocp.StandardCheckpointer().metadata(path)
-  except Exception as e:  # Orbax raises many types for a damaged directory.
-    raise ZooError(f"Cannot read the checkpoint at {path}: "
-                   f"{type(e).__name__}: {e}") from e
-  tree = getattr(meta, "item_metadata", meta)
-  tree = getattr(tree, "tree", tree)
-  saved = _flat_shapes(tree)
-  if not saved:
-    raise ZooError(f"The checkpoint at {path} lists no variables.")
-  want = {prefix + k: v for k, v in _flat_shapes(target).items()}
-  for k, shape in want.items():
-    if k not in saved:
-      raise ZooError(f"The checkpoint at {path} has no variable {k!r} that the "
-                     f"config's model needs (shape {shape}).")
-    if saved[k] != shape:
-      raise ZooError(f"The checkpoint at {path} does not fit the config: "
-                     f"variable {k!r} has shape {saved[k]} there, the model "
-                     f"needs {shape}.")
-
-
-def _restore(path: str, target: dict, *, partial: bool = False) -> dict:
-  path = _abspath(path)
-  try:
-    if partial:
-      ckptr = ocp.PyTreeCheckpointer()
-      restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-      return ckptr.restore(path, args=ocp.args.PyTreeRestore(
-          item=target, restore_args=restore_args, partial_restore=True))
-    return ocp.StandardCheckpointer().restore(path, target)
-  except Exception as e:  # Never a partial model: say what failed.
-    raise ZooError(f"Could not restore the checkpoint at {path}: "
-                   f"{type(e).__name__}: {e}") from e
-
-
-def _with_sharding(tree, sharding):
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
 def _finish(graphdef, restored, config, entry):
@@ -277,8 +208,8 @@ def load(name_or_path: str, *, step: int | None = None, mesh=None,
   path = entry.checkpoint_path()
   verify_hash(path, entry.checkpoint["sha256"], entry.path)
   graphdef, target = _abstract_model(config)
-  _check_shapes(path, target)
-  restored = _restore(path, _with_sharding(target, target_sharding))
+  ckpt_lib.check_shapes(path, target)
+  restored = ckpt_lib.restore_variables(path, ckpt_lib.abstract_like(target, target_sharding))
   return _finish(graphdef, restored, config, entry)
 
 
@@ -287,30 +218,13 @@ def _is_workdir(name_or_path: str) -> bool:
   return s.startswith("gs://") or os.sep in s or os.path.isdir(s)
 
 
-def latest_step(workdir: str) -> int:
-  root = epath.Path(workdir) / "checkpoints"
-  steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if (
-      root.exists()) else []
-  if not steps:
-    raise ZooError(f"{workdir} holds no checkpoint (looked in {root}).")
-  return steps[-1]
-
-
-def _train_state_path(workdir: str, step: int | None) -> tuple[str, int]:
-  step = latest_step(workdir) if step is None else int(step)
-  path = epath.Path(workdir) / "checkpoints" / str(step) / "state"
-  if not path.exists():
-    raise ZooError(f"{workdir} has no checkpoint at step {step} ({path}).")
-  return str(path), step
-
-
 def _load_workdir(workdir, step, target_sharding):
   config = workdir_config(workdir)
-  path, step = _train_state_path(workdir, step)
+  path, partial, step = ckpt_lib.variables_source(workdir, step)
   graphdef, target = _abstract_model(config)
-  _check_shapes(path, target)
-  restored = _restore(path, _with_sharding(target, target_sharding),
-                      partial=True)
+  ckpt_lib.check_shapes(path, target)
+  restored = ckpt_lib.restore_variables(
+      path, ckpt_lib.abstract_like(target, target_sharding), partial=partial)
   return _finish(graphdef, restored, config, None)
 
 
@@ -329,38 +243,21 @@ def verify_hash(path: str, expected: str, where: str) -> None:
 # ------------------------------------------------------------------ export
 
 
-def save_variables(model_or_state, path: str) -> dict:
-  """Writes a registry checkpoint ``{"params", "rest"}`` (replicated, unsharded)
-  at ``path`` and returns ``{"sha256", "num_params"}``."""
-  if isinstance(model_or_state, nnx.Module):
-    _, params, rest = nnx.split(model_or_state, nnx.Param, ...)
-    state = {"params": params, "rest": rest}
-  else:
-    state = model_or_state
-  state = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), state)
-  path = _abspath(path)
-  if os.path.exists(path):
-    shutil.rmtree(path)
-  ckptr = ocp.StandardCheckpointer()
-  ckptr.save(path, state)
-  ckptr.wait_until_finished()
-  num_params = int(sum(np.size(x) for x in jax.tree.leaves(state["params"])))
-  return {"sha256": registry_lib.hash_directory(path), "num_params": num_params}
-
-
 def export(workdir: str, path: str, *, step: int | None = None) -> dict:
-  """Training checkpoint (state + optimiser + iterator) -> a registry checkpoint
-  of the variables only, at ``path``. Returns ``{"sha256", "num_params",
+  """Training checkpoint (state + optimiser + iterator), or a workdir holding
+  ``variables/`` (``launch/convert.py``) -> a registry checkpoint of the
+  variables only, at ``path``. Returns ``{"sha256", "num_params",
   "step"}``."""
   config = workdir_config(workdir)
-  src, step = _train_state_path(workdir, step)
+  src, partial, step = ckpt_lib.variables_source(workdir, step)
   _, target = _abstract_model(config)
-  _check_shapes(src, target)
+  ckpt_lib.check_shapes(src, target)
   cpu = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  restored = _restore(src, _with_sharding(target, cpu), partial=True)
-  out = save_variables(restored, path)
-  out["step"] = step
-  return out
+  restored = ckpt_lib.restore_variables(
+      src, ckpt_lib.abstract_like(target, cpu), partial=partial)
+  num_params = ckpt_lib.save_variables(restored, path)
+  return {"sha256": registry_lib.hash_directory(path), "num_params": num_params,
+          "step": step}
 
 
 # ------------------------------------------------------------------ register
@@ -379,7 +276,7 @@ def register(workdir: str, registry_dir: str, *, name: str | None = None,
   registry_dir = os.path.expanduser(registry_dir)
   config = workdir_config(workdir)
   name = name or config.name
-  base = config.name
+  base = base_name(config)
   ckpt_dir = os.path.join(registry_dir, registry_lib.CHECKPOINTS, name)
   exported = export(workdir, ckpt_dir, step=step)
   data = {
@@ -422,6 +319,15 @@ def hardware_string() -> str:
   devs = jax.devices()
   return (f"{len(devs)} x {devs[0].device_kind} ({devs[0].platform}), "
           f"{os.cpu_count()} host CPU cores")
+
+
+def base_name(config) -> str:
+  """The registry config name a config derives from (``digits-nif16`` for a
+  converted ``digits-nif16-from-nf``)."""
+  m = config.model
+  model = {"normal": "nf", "nif": f"nif{m.latent_dim}",
+           "deepnif": f"deepnif{m.latent_dim}"}[m.prior]
+  return f"{config.dataset}-{model}"
 
 
 def default_card(config, step: int | None = None) -> dict:
@@ -510,16 +416,24 @@ def markdown_table(pattern: str = "*", *, registry=None) -> str:
   """The shipped models (entries with a checkpoint) as a Markdown table."""
   rows = ["| name | model | parameters | steps | test bits/dim | trained in |",
           "|---|---|---|---|---|---|"]
-  for e in registry_lib.all_entries(pattern, registry):
+  def order(e):  # digits-nf, digits-nif4, ..., digits-nif32, then derived names
+    ds, _, model = e.name.partition("-")
+    digits = "".join(ch for ch in model.split("-")[0] if ch.isdigit())
+    return (ds, "-" in model, int(digits or 0), model)
+
+  for e in sorted(registry_lib.all_entries(pattern, registry), key=order):
     if e.checkpoint is None:
       continue
     m = e.metrics.get("test_bits_per_dim")
     bpd = (f"{m['value']:.3f} ({m['num_images']} images x {m['num_draws']} draws)"
            if m else "—")
-    t = (e.data["training"] or {}).get("wall_time_s")
+    training = e.data["training"] or {}
+    t = training.get("wall_time_s")
+    load = training.get("load_average_1min")
     rows.append(f"| `{e.name}` | {e.data['card']['summary'].split(' on ')[0]} | "
                 f"{e.checkpoint['num_params']:,} | {e.checkpoint['step']:,} | {bpd} | "
-                f"{f'{t:.0f} s' if t is not None else '—'} |")
+                f"{f'{t:.0f} s' if t is not None else '—'}"
+                f"{f' (load {load:g})' if load is not None else ''} |")
   return "\n".join(rows)
 
 

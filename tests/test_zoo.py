@@ -175,7 +175,7 @@ def test_workdir_load_equals_the_training_state(trained, images):
   for (kg, vg), (kw, vw) in zip(sorted(got.items()), sorted(want.items())):
     np.testing.assert_array_equal(vg, vw)
   assert bool(np.all(np.asarray(model.glow.scales[0].steps.actnorm.initialized[...])))
-  with pytest.raises(zoo.ZooError, match="no checkpoint at step 3"):
+  with pytest.raises(zoo.CheckpointError, match="no checkpoint at step 3"):
     zoo.load(workdir, step=3)
 
 
@@ -209,7 +209,7 @@ def test_an_unreadable_checkpoint_with_a_matching_hash_is_refused(trained, tmp_p
   d = dict(e.data, checkpoint=dict(e.checkpoint, sha256=registry.hash_directory(
       e.checkpoint_path())))
   registry.write_entry(reg, d)
-  with pytest.raises(zoo.ZooError, match="checkpoint at"):
+  with pytest.raises(zoo.CheckpointError, match="checkpoint at"):
     zoo.load("digits-nif4-mine", registry=reg)
 
 
@@ -231,7 +231,7 @@ def test_shape_mismatch_names_the_parameter(trained, tmp_path):
   overrides = dict(e.data["overrides"], **{"model.latent_dim": 5})
   wiring = dict(e.data["wiring"], **{"model.latent_dim": 5})
   registry.write_entry(reg, dict(e.data, overrides=overrides, wiring=wiring))
-  with pytest.raises(zoo.ZooError, match=r"params/nif/A.*\(64, 4\).*\(64, 5\)"):
+  with pytest.raises(zoo.CheckpointError, match=r"params/nif/A.*\(64, 4\).*\(64, 5\)"):
     zoo.load("digits-nif4-mine", registry=reg)
 
 

@@ -13,6 +13,7 @@ log-det ``-D log L`` and the logit log-det, so ``bits_per_dim`` is the usual
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Literal
 
@@ -273,3 +274,12 @@ def wiring(config) -> dict:
   out["data.num_levels"] = int(config.data.num_levels)
   out["revision"] = WIRING_REVISION
   return out
+
+
+def wiring_differences(saved: dict, config) -> list[str]:
+  """``"field: saved X, now Y"`` for every wiring field where a checkpoint's
+  recorded ``wiring(...)`` and ``config``'s differ (empty: compatible)."""
+  now = json.loads(json.dumps(wiring(config)))
+  saved = json.loads(json.dumps(saved))
+  return [f"{k}: checkpoint {saved.get(k)!r}, code {now.get(k)!r}"
+          for k in sorted(set(now) | set(saved)) if now.get(k) != saved.get(k)]

@@ -5,16 +5,17 @@ samples and checkpoints, resuming exactly from the workdir.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
 from etils import epath
+import ml_collections
 from flax import nnx
 
 from nifzoo import data as data_lib
@@ -64,6 +65,31 @@ def initialize_actnorms(graphdef, state, images, mesh):
   return state._replace(params=params, rest=rest)
 
 
+def init_from(state, config, mesh):
+  """``state`` with params and variables of the workdir ``config.init_from``.
+
+  That workdir's model must be wired as ``config``'s (same fields of
+  ``models.wiring``); its optimiser state, if any, is not used.
+  """
+  src = config.init_from
+  path = epath.Path(src) / ckpt_lib.CONFIG_FILE
+  if not path.exists():
+    raise ValueError(f"init_from={src!r}: no {ckpt_lib.CONFIG_FILE} there (not a "
+                     "nifzoo workdir or launch/convert.py output).")
+  src_config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  diff = models.wiring_differences(models.wiring(src_config), config)
+  if diff:
+    raise ValueError(f"init_from={src!r} holds a differently wired model: "
+                     f"{'; '.join(diff)}.")
+  ckpt_path, partial, _ = ckpt_lib.variables_source(src)
+  target = {"params": state.params, "rest": state.rest}
+  ckpt_lib.check_shapes(ckpt_path, target)
+  restored = ckpt_lib.restore_variables(
+      ckpt_path, ckpt_lib.abstract_like(target, mesh_lib.replicated(mesh)),
+      partial=partial)
+  return state._replace(params=restored["params"], rest=restored["rest"])
+
+
 def make_sample_fn(graphdef):
 
   @functools.partial(jax.jit, static_argnums=(3,))
@@ -108,13 +134,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logging.info("Resumed from %s at step %d.", mngr.directory, start)
   else:
     start = 0
-    init_iter = iter(data_lib.make_dataset(
-        config.data, "train", global_batch_size=config.batch_size,
-        seed=config.seed + 1, shuffle=True, repeat=True))
-    init_batch = mesh_lib.global_batch(mesh, next(init_iter)["image"])
-    state = initialize_actnorms(graphdef, state, init_batch, mesh)
-    logging.info("Initialised every ActNorm from one batch of %d images.",
-                 config.batch_size)
+    if config.get("init_from"):
+      state = init_from(state, config, mesh)
+      logging.info("Started from the variables of %s.", config.init_from)
+    else:
+      init_iter = iter(data_lib.make_dataset(
+          config.data, "train", global_batch_size=config.batch_size,
+          seed=config.seed + 1, shuffle=True, repeat=True))
+      init_batch = mesh_lib.global_batch(mesh, next(init_iter)["image"])
+      state = initialize_actnorms(graphdef, state, init_batch, mesh)
+      logging.info("Initialised every ActNorm from one batch of %d images.",
+                   config.batch_size)
 
   repl = mesh_lib.replicated(mesh)
   train_step = jax.jit(step_lib.make_train_step(graphdef, tx, config),

@@ -1,0 +1,71 @@
+r"""Converts a trained normalizing flow into a NIF-k in closed form (no training).
+
+  python launch/convert.py --from=digits-nf --k=16 --out=runs/digits-nif16-from-nf
+  python launch/train.py --config=configs/digits.py:nif16 \
+      --config.init_from=runs/digits-nif16-from-nf --workdir=runs/digits-nif16-ft
+
+--from is a registry name or a training workdir. --out receives config.json,
+variables/ (an Orbax checkpoint of the NIF's variables: the NF's Glow and the
+fitted prior) and convert.json (the fit's report); `zoo.load(--out)` loads it
+and `--config.init_from` fine-tunes it. --register writes a registry entry.
+See nifzoo/convert.py and docs/math.md §7.
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+_FROM = flags.DEFINE_string("from", None, "Registry name or workdir of a trained NF.")
+_K = flags.DEFINE_integer("k", None, "Latent dimension of the NIF.")
+_OUT = flags.DEFINE_string("out", None, "Output directory.")
+_NOISE = flags.DEFINE_enum("noise", "isotropic", ["isotropic", "diagonal"],
+                           "Sigma: isotropic (PPCA) or diagonal (factor analysis).")
+_SPLIT = flags.DEFINE_string("split", "train", "Split whose latents are fitted.")
+_BATCH = flags.DEFINE_integer("batch_size", 256, "Images per batch.")
+_SEED = flags.DEFINE_integer("seed", 0, "Dequantisation key of the latents.")
+_REGISTRY = flags.DEFINE_string("registry", None, "Registry to look --from up in.")
+_REGISTER = flags.DEFINE_string("register", None, "Write an entry into this registry.")
+_NAME = flags.DEFINE_string("name", None, "Entry name (default: <dataset>-nif<k>-from-nf).")
+flags.mark_flags_as_required(["from", "k", "out"])
+
+
+def main(argv):
+  del argv
+  import jax  # pylint: disable=g-import-not-at-top
+  from nifzoo import convert, evaluate, zoo  # pylint: disable=g-import-not-at-top
+  from nifzoo.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+
+  nf = zoo.load(_FROM.value, registry=_REGISTRY.value)
+  model, report = convert.nf_to_nif(nf, _K.value, noise=_NOISE.value,
+                                    split=_SPLIT.value, batch_size=_BATCH.value,
+                                    key=jax.random.key(_SEED.value))
+  os.makedirs(_OUT.value, exist_ok=True)
+  config = model.config.as_configdict()
+  with open(os.path.join(_OUT.value, ckpt_lib.CONFIG_FILE), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  ckpt_lib.save_variables(model, os.path.join(_OUT.value, ckpt_lib.VARIABLES_DIR))
+  report["from"] = _FROM.value
+  with open(os.path.join(_OUT.value, "convert.json"), "w") as f:
+    json.dump(report, f, indent=2)
+  print(json.dumps(report, indent=2))
+  if _REGISTER.value:
+    command = " ".join(["python"] + sys.argv)
+    result = evaluate.bits_per_dim(model, config.data, "test",
+                                   num_draws=config.eval_num_draws,
+                                   key=jax.random.key(config.seed + 3))
+    path = zoo.register(
+        _OUT.value, _REGISTER.value, name=_NAME.value or config.name,
+        metrics=zoo.eval_metrics(result, command),
+        training={"command": command, "steps": 0,
+                  "wall_time_s": report["seconds"],
+                  "hardware": zoo.hardware_string(),
+                  "converted_from": _FROM.value, "fit": report["method"],
+                  "noise": report["noise"]})
+    print(f"registered {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)
