@@ -42,3 +42,16 @@ def save_png(path: str, image: np.ndarray) -> str:
   with path.open("wb") as f:
     Image.fromarray(image).save(f, format="PNG")
   return str(path)
+
+
+def save_figure(fig, path: str, dpi: int = 120) -> str:
+  """Writes a matplotlib figure as PNG (local or gs://), closes it, returns the path."""
+  import io  # pylint: disable=g-import-not-at-top
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=dpi)
+  plt.close(fig)
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(buf.getvalue())
+  return str(path)

@@ -1,0 +1,83 @@
+"""The paper's two tables for a list of models, from their measured metrics.
+
+Table 1: Fréchet distance of samples at the tuned noise scale s* (chosen on a
+train subsample), with s* and the FD at s = 1. Table 2: test bits/dim at s = 1.
+The paper's own numbers stand beside ours where the model has them (paper
+models: Inception FID, 25,000 samples, 3-bit data; docs/math.md §6).
+
+Inputs are registry-style metric dicts (``{metric: {"value", ...}}``, see
+:data:`METRICS`), so the tables can be made from registry entries or straight
+from ``launch/evaluate.py``'s output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+# Metric names written by launch/evaluate.py (and into registry entries).
+BPD = "test_bits_per_dim"
+FD = "test_fd_{features}"              # at s*, with "s_star", counts
+FD_S1 = "test_fd_{features}_s1"
+PROBE = "test_probe_accuracy"
+
+
+def _value(metrics: dict, name: str):
+  m = metrics.get(name)
+  return None if m is None else m["value"]
+
+
+def table_rows(models: dict, features: str = "classifier") -> list[dict]:
+  """``models`` = {name: {"metrics": {...}, "paper": {...} | None}} -> rows."""
+  rows = []
+  for name, m in models.items():
+    metrics, paper = m.get("metrics", {}), m.get("paper") or {}
+    fd = metrics.get(FD.format(features=features), {})
+    rows.append({
+        "name": name,
+        "fd": fd.get("value"), "s_star": fd.get("s_star"),
+        "fd_s1": _value(metrics, FD_S1.format(features=features)),
+        "fd_num_samples": fd.get("num_samples"),
+        "fd_num_reference": fd.get("num_reference"),
+        "bits_per_dim": _value(metrics, BPD),
+        "probe_accuracy": _value(metrics, PROBE),
+        "paper_fid": paper.get("fid"), "paper_bits_per_dim": paper.get("bits_per_dim"),
+        "features": features,
+    })
+  return rows
+
+
+def _fmt(v, spec: str) -> str:
+  return "—" if v is None else format(v, spec)
+
+
+def markdown(rows: list[dict]) -> str:
+  """Table 1 and Table 2 as Markdown."""
+  feats = rows[0]["features"] if rows else "classifier"
+  t1 = [f"**Table 1.** Fréchet distance ({feats} features; lower is better) at "
+        "the noise scale s* chosen on a train subsample, and at s = 1.", "",
+        "| model | FD at s* | s* | FD at s = 1 | paper FID (Inception, s tuned) |",
+        "|---|---|---|---|---|"]
+  for r in rows:
+    t1.append(f"| `{r['name']}` | {_fmt(r['fd'], '.2f')} | {_fmt(r['s_star'], '.2f')} "
+              f"| {_fmt(r['fd_s1'], '.2f')} | {_fmt(r['paper_fid'], '.2f')} |")
+  t2 = ["**Table 2.** Test bits/dim at s = 1 (lower is better).", "",
+        "| model | bits/dim | paper bits/dim (3-bit data) | linear-probe accuracy |",
+        "|---|---|---|---|"]
+  for r in rows:
+    t2.append(f"| `{r['name']}` | {_fmt(r['bits_per_dim'], '.4f')} | "
+              f"{_fmt(r['paper_bits_per_dim'], '.3f')} | "
+              f"{_fmt(r['probe_accuracy'], '.3f')} |")
+  return "\n".join(t1) + "\n\n" + "\n".join(t2) + "\n"
+
+
+def write(rows: list[dict], outdir: str, stem: str = "tables") -> tuple[str, str]:
+  """Writes ``<stem>.md`` and ``<stem>.json`` into ``outdir``; returns the paths."""
+  os.makedirs(outdir, exist_ok=True)
+  md, js = os.path.join(outdir, stem + ".md"), os.path.join(outdir, stem + ".json")
+  with open(md, "w") as f:
+    f.write(markdown(rows))
+  with open(js, "w") as f:
+    json.dump(rows, f, indent=2)
+    f.write("\n")
+  return md, js
