@@ -177,6 +177,11 @@ def save_classifier(model: Classifier, directory: str, info: dict) -> str:
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(state_dir, state)
   ckptr.wait_until_finished()
+  return write_info(directory, info)
+
+
+def write_info(directory: str, info: dict) -> str:
+  """(Re)writes ``directory/classifier.json``; returns the directory."""
   with open(os.path.join(directory, INFO_FILE), "w") as f:
     json.dump(info, f, indent=2, sort_keys=True)
     f.write("\n")
