@@ -59,6 +59,9 @@ _SEED = flags.DEFINE_integer("seed", 0, "Fixes every random draw.")
 _CLASSIFIER = flags.DEFINE_string(
     "classifier", None, "Classifier directory for FD (default: the registry's "
     "checkpoints/<dataset>-classifier).")
+_EMBEDDING = flags.DEFINE_enum(
+    "embedding_method", "umap", ["umap", "pca"],
+    "2-D map of the embeddings (umap falls back to PCA without umap-learn).")
 _INCEPTION = flags.DEFINE_string("inception_weights", None,
                                  "Inception-v3 FID weights (.npz), for --evals=fid.")
 
@@ -93,6 +96,7 @@ def evaluate(model_name: str, evals, outdir: str, *, registry=None,
              classifier_dir: str | None = None,
              inception_weights: str | None = None,
              write_metrics: str | None = None, command: str = "",
+             embedding_method: str = "umap",
              mesh=None, progress: bool = True) -> dict:
   """Runs ``evals`` on a model; writes <outdir>/metrics.json and PNGs.
 
@@ -205,7 +209,8 @@ def evaluate(model_name: str, evals, outdir: str, *, registry=None,
     r = probe.probe_model(model, cfg.data, batch_size=batch_size, mesh=mesh)
     emb = probe.embeddings(model, cfg.data, "test", batch_size=batch_size, mesh=mesh)
     fig = figures.save_embeddings({name: emb}, os.path.join(outdir, "embedding.png"),
-                                  seed=seed, probe={name: r["accuracy"]})
+                                  seed=seed, method=embedding_method,
+                                  probe={name: r["accuracy"]})
     r["figure_method"] = fig["method"]
     results["embeddings"] = r
     files.append(fig["path"])
@@ -250,6 +255,7 @@ def main(argv):
       bpd_draws=_BPD_DRAWS.value, iw_samples=_IW.value, batch_size=_BATCH.value,
       seed=_SEED.value, classifier_dir=_CLASSIFIER.value,
       inception_weights=_INCEPTION.value, write_metrics=_WRITE.value,
+      embedding_method=_EMBEDDING.value,
       command=" ".join(["python"] + sys.argv))
   print(json.dumps(out["metrics"], indent=2))
 
