@@ -134,3 +134,32 @@ def test_nf_to_nif_refuses_bad_input(tiny_nf):
     convert.nf_to_nif(tiny_nf, 4, noise="full")
   with pytest.raises(ValueError, match="needs the full covariance"):
     convert.nf_to_nif(tiny_nf, 4, noise="diagonal", method="randomized")
+
+
+def test_converted_workdir_loads_and_fine_tunes_from_init_from(tiny_nf, tmp_path):
+  """launch/convert.py's layout: zoo.load reads it; a run with init_from and
+  learning rate 0 keeps exactly the converted variables (Adam's update is 0)."""
+  from nifzoo import zoo
+  from nifzoo.train import checkpoint as ckpt_lib
+  from nifzoo.train import loop
+  nif_model, _ = convert.nf_to_nif(tiny_nf, 4, max_images=256)
+  out = tmp_path / "conv"
+  out.mkdir()
+  (out / ckpt_lib.CONFIG_FILE).write_text(
+      nif_model.config.as_configdict().to_json_best_effort())
+  ckpt_lib.save_variables(nif_model, str(out / ckpt_lib.VARIABLES_DIR))
+  loaded = zoo.load(str(out))
+  np.testing.assert_array_equal(np.asarray(loaded.nif.A[...]),
+                                np.asarray(nif_model.nif.A[...]))
+  c = configs.get_config("digits-nif4,tiny")
+  c.init_from, c.learning_rate = str(out), 0.0
+  c.total_steps, c.checkpoint_every, c.sample_every, c.log_every = 2, 2, 100, 2
+  loop.train_and_evaluate(c, str(tmp_path / "ft"))
+  tuned = zoo.load(str(tmp_path / "ft"))
+  for a, b in zip(jax.tree.leaves(nnx.state(tuned, nnx.Param)),
+                  jax.tree.leaves(nnx.state(nif_model, nnx.Param))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  c8 = configs.get_config("digits-nif8,tiny")
+  c8.init_from = str(out)
+  with pytest.raises(ValueError, match="model.latent_dim: checkpoint 4, code 8"):
+    loop.train_and_evaluate(c8, str(tmp_path / "bad"))
