@@ -1,0 +1,111 @@
+"""Where the train step's time goes: a jax.profiler trace, aggregated per HLO op.
+
+    python bench/profile_step.py                       # the glow_vs_peer config
+    python bench/profile_step.py --config digits-nif16 --batch 64 --top 30
+
+Compiles the train step, runs a few steps under ``jax.profiler.trace`` and sums
+the host thread events of the XLA:CPU executable by name (HLO fusion / op
+names, e.g. ``dot.12``, ``loop_fusion.3``). Prints the top ops with their
+share of the step, and their HLO (``--show-hlo``) so that a name can be traced
+back to the model. Events of nested ops overlap their parents, and XLA:CPU
+runs ops from several threads, so shares are of the summed op time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import pathlib
+import re
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from nifzoo import configs  # noqa: E402
+from nifzoo.train import loop  # noqa: E402
+from nifzoo import mesh as mesh_lib  # noqa: E402
+from nifzoo.train import step as step_lib  # noqa: E402
+
+
+def op_times(trace_dir):
+  """{event name: (total seconds, count)} over every XLA op event in the trace."""
+  files = list(pathlib.Path(trace_dir).rglob("*.xplane.pb"))
+  data = jax.profiler.ProfileData.from_file(str(files[0]))
+  totals = collections.defaultdict(lambda: [0.0, 0])
+  for plane in data.planes:
+    for line in plane.lines:
+      for ev in line.events:
+        name = ev.name
+        totals[name][0] += ev.duration_ns * 1e-9
+        totals[name][1] += 1
+  return totals
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--config", default="cifar10-nf,steps=8,width=128,scales=2,bits=8")
+  p.add_argument("--batch", type=int, default=64)
+  p.add_argument("--steps", type=int, default=3)
+  p.add_argument("--top", type=int, default=25)
+  p.add_argument("--show-hlo", action="store_true")
+  p.add_argument("--dump-hlo", default=None, help="write the optimised HLO here")
+  args = p.parse_args(argv)
+
+  config = configs.get_config(args.config)
+  config.batch_size = args.batch
+  mesh = mesh_lib.make_mesh()
+  graphdef, tx, state = loop.create_state(config, mesh)
+  rng = np.random.default_rng(0)
+  images = lambda: mesh_lib.global_batch(mesh, rng.integers(
+      0, config.data.num_levels, (args.batch, *config.data.image_shape), np.int32))
+  t0 = time.perf_counter()
+  compiled = jax.jit(step_lib.make_train_step(graphdef, tx, config),
+                     donate_argnums=(0,)).lower(state, images()).compile()
+  print(f"compile {time.perf_counter() - t0:.1f} s")
+  hlo = compiled.as_text()
+  if args.dump_hlo:
+    pathlib.Path(args.dump_hlo).write_text(hlo)
+  state = loop.initialize_actnorms(graphdef, state, images(), mesh)
+  state, m = compiled(state, images())
+  jax.block_until_ready(m)
+  xs = [images() for _ in range(args.steps)]
+  with tempfile.TemporaryDirectory() as d:
+    t0 = time.perf_counter()
+    with jax.profiler.trace(d):
+      for x in xs:
+        state, m = compiled(state, x)
+        jax.block_until_ready(m)
+    wall = (time.perf_counter() - t0) / args.steps
+    totals = op_times(d)
+  print(f"step {wall:.3f} s under the profiler ({args.batch / wall:.1f} img/s), "
+        f"load {os.getloadavg()[0]:.2f}")
+  # Keep XLA op events (HLO instruction names), drop runtime/python wrappers.
+  hlo_names = set(re.findall(r"^\s*(?:ROOT )?%?([\w.\-]+) = ", hlo, re.M))
+  ops = {k: v for k, v in totals.items() if k in hlo_names}
+  total = sum(v[0] for v in ops.values())
+  print(f"summed op time per step {total / args.steps:.3f} s over {len(ops)} ops")
+  rows = sorted(ops.items(), key=lambda kv: -kv[1][0])[:args.top]
+  kinds = collections.defaultdict(float)
+  for name, (t, _) in ops.items():
+    kinds[re.sub(r"[.\d]+$", "", name)] += t
+  print("by kind: " + ", ".join(f"{k} {100 * t / total:.0f}%" for k, t in
+                                sorted(kinds.items(), key=lambda kv: -kv[1])[:8]))
+  print(f"{'op':<40} {'ms/step':>8} {'%':>5} {'calls/step':>10}")
+  for name, (t, n) in rows:
+    print(f"{name:<40} {1e3 * t / args.steps:8.1f} {100 * t / total:5.1f} "
+          f"{n / args.steps:10.0f}")
+    if args.show_hlo:
+      line = next((l for l in hlo.splitlines()
+                   if re.match(rf"^\s*(ROOT )?%?{re.escape(name)} = ", l)), "")
+      print("    " + line.strip()[:300])
+
+
+if __name__ == "__main__":
+  main()
