@@ -22,6 +22,7 @@ Parameters: affine ``9(c/2)F + F + F^2 + F + 9Fc + c``; additive
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -31,32 +32,55 @@ from nifzoo.flows import _base
 _zeros = nnx.initializers.zeros
 
 
-def conv3x3(x, kernel):
-  """3x3 'SAME' convolution written as matmuls: (B, H, W, I), (3, 3, I, O) -> (B, H, W, O).
+_NHWC = ("NHWC", "HWIO", "NHWC")
 
-  Equal to ``lax.conv_general_dilated(x, kernel, (1, 1), "SAME")`` (NHWC/HWIO).
-  Small I: im2col (the 9 shifted copies of x concatenated, one matmul).
-  Large I: one matmul to the 9 taps' outputs (B, H, W, 9 O), then shifted sums.
-  Why: inside ``scan`` (the Glow's steps), XLA:CPU (jax 0.10.2) runs the
-  gradient of a native convolution about 30x slower than unrolled, while
-  matmuls run at full speed (bench/train_step.py).
+
+def _conv(x, kernel, padding="SAME"):
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding,
+                                      dimension_numbers=_NHWC)
+
+
+def _conv3x3_grad_x(dy, kernel):
+  """dL/dx = conv(dy, kernel flipped in H, W with I and O swapped): (B, H, W, I)."""
+  return _conv(dy, jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2)))
+
+
+def _conv3x3_grad_kernel(x, dy):
+  """dL/dk[r, c, i, o] = sum_{b,h,w} pad(x)[b, h+r, w+c, i] dy[b, h, w, o]:
+  conv of x as (I, H, W, B) with dy as (H, W, B, O), padding 1 -> (3, 3, I, O)."""
+  dk = _conv(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(dy, (1, 2, 0, 3)),
+             ((1, 1), (1, 1)))
+  return jnp.transpose(dk, (1, 2, 0, 3))
+
+
+@jax.custom_jvp
+def conv3x3(x, kernel):
+  """3x3 'SAME' convolution: (B, H, W, I), (3, 3, I, O) -> (B, H, W, O).
+
+  ``lax.conv_general_dilated(x, kernel, (1, 1), "SAME")`` (NHWC/HWIO). Its
+  derivative is defined so that reverse mode computes dx and dk as convolutions
+  in canonical NHWC/HWIO form (``_conv3x3_grad_x``, ``_conv3x3_grad_kernel``):
+  the tangent map is written as the transpose of those two linear maps, so
+  transposing it again (reverse mode) gives them back. Forward mode
+  (``jax.jacfwd``) works as usual.
+
+  Why: XLA:CPU (jax 0.10.2) runs the convolutions that plain autodiff emits
+  for the gradient (non-canonical dimension orders) with a naive loop when they
+  sit inside a ``while`` (``scan``, the Glow's steps): about 30x slower than
+  unrolled. In canonical form they run at full speed there.
   """
-  b, h, w, i = x.shape
-  o = kernel.shape[-1]
-  if i <= o:
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    cols = jnp.concatenate(
-        [xp[:, r:r + h, c:c + w, :] for r in range(3) for c in range(3)], axis=-1)
-    return cols @ kernel.reshape(9 * i, o)
-  taps = x @ jnp.transpose(kernel, (2, 0, 1, 3)).reshape(i, 9 * o)
-  taps = jnp.pad(taps.reshape(b, h, w, 3, 3, o),
-                 ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0), (0, 0)))
-  out = taps[:, 0:h, 0:w, 0, 0, :]
-  for r in range(3):
-    for c in range(3):
-      if r or c:
-        out = out + taps[:, r:r + h, c:c + w, r, c, :]
-  return out
+  return _conv(x, kernel)
+
+
+@conv3x3.defjvp
+def _conv3x3_jvp(primals, tangents):
+  x, kernel = primals
+  x_dot, kernel_dot = tangents
+  y = _conv(x, kernel)
+  dy = jax.ShapeDtypeStruct(y.shape, y.dtype)
+  lin_x = jax.linear_transpose(lambda g: _conv3x3_grad_x(g, kernel), dy)
+  lin_k = jax.linear_transpose(lambda g: _conv3x3_grad_kernel(x, g), dy)
+  return y, lin_x(x_dot)[0] + lin_k(kernel_dot)[0]
 
 
 class Conv3x3(nnx.Module):
