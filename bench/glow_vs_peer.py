@@ -107,30 +107,18 @@ def _time_calls(fn, n):
 
 
 def worker_nifzoo(config_name, steps, extras):
-  sys.path.insert(0, str(ROOT))
+  sys.path.insert(0, str(ROOT / "bench"))
   import jax
-  import numpy as np
   from flax import nnx
 
+  import _step
   from nifzoo import configs
-  from nifzoo.train import loop
-  from nifzoo import mesh as mesh_lib
-  from nifzoo.train import step as step_lib
 
   config = configs.get_config(config_name)
-  config.batch_size = BATCH
   config.learning_rate = LR
-  mesh = mesh_lib.make_mesh()
-  graphdef, tx, state = loop.create_state(config, mesh)
-  rng = np.random.default_rng(0)
-  images = lambda: mesh_lib.global_batch(mesh, rng.integers(
-      0, config.data.num_levels, (BATCH, *config.data.image_shape), np.int32))
-  step = jax.jit(step_lib.make_train_step(graphdef, tx, config),
-                 donate_argnums=(0,))
-  t0 = time.perf_counter()
-  compiled = step.lower(state, images()).compile()
-  compile_s = time.perf_counter() - t0
-  state = loop.initialize_actnorms(graphdef, state, images(), mesh)
+  c = _step.compile_step(config, BATCH)
+  graphdef, images, compiled, compile_s = c.graphdef, c.images, c.step, c.compile_s
+  state = _step.initialized(c)
   state, m = compiled(state, images())    # warm-up
   jax.block_until_ready(m)
   batches = [images() for _ in range(steps)]
@@ -162,26 +150,15 @@ def worker_nifzoo(config_name, steps, extras):
 
 def worker_flop_count():
   """XLA's FLOP count of the nifzoo step at K = 1, 2 -> linear in K -> K = STEPS."""
-  sys.path.insert(0, str(ROOT))
-  import jax
-  import numpy as np
-
+  sys.path.insert(0, str(ROOT / "bench"))
+  import _step
   from nifzoo import configs
-  from nifzoo.train import loop
-  from nifzoo import mesh as mesh_lib
-  from nifzoo.train import step as step_lib
 
   flops = {}
   for k in (1, 2):
     config = configs.get_config(NIFZOO_CONFIG.replace(f"steps={STEPS}",
                                                       f"steps={k}"))
-    config.batch_size = BATCH
-    mesh = mesh_lib.make_mesh()
-    graphdef, tx, state = loop.create_state(config, mesh)
-    x = mesh_lib.global_batch(mesh, np.zeros((BATCH, *IMAGE_SHAPE), np.int32))
-    compiled = jax.jit(step_lib.make_train_step(graphdef, tx, config)).lower(
-        state, x).compile()
-    cost = compiled.cost_analysis()
+    cost = _step.compile_step(config, BATCH).step.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops[k] = float(cost["flops"])
   return dict(xla_flops_k1=flops[1], xla_flops_k2=flops[2],
@@ -356,8 +333,7 @@ def main(argv=None):
     cases["nifzoo-nif512"] = (me + ["--worker=nifzoo", f"--config={NIF_CONFIG}"],
                               None)
 
-  import subprocess as _sp
-  git = _sp.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"],
+  git = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"],
                 capture_output=True, text=True).stdout.strip()
   print(f"nifzoo {git}\n{NIFZOO_CONFIG} vs normflows MultiscaleFlow, batch {BATCH},"
         f" {args.reps} reps x {args.steps} steps; load {_load()}", flush=True)

@@ -24,14 +24,12 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
+import _step  # noqa: E402
 from nifzoo import configs  # noqa: E402
-from nifzoo.train import loop  # noqa: E402
-from nifzoo import mesh as mesh_lib  # noqa: E402
-from nifzoo.train import step as step_lib  # noqa: E402
 
 
 def op_times(trace_dir):
@@ -58,21 +56,13 @@ def main(argv=None):
   p.add_argument("--dump-hlo", default=None, help="write the optimised HLO here")
   args = p.parse_args(argv)
 
-  config = configs.get_config(args.config)
-  config.batch_size = args.batch
-  mesh = mesh_lib.make_mesh()
-  graphdef, tx, state = loop.create_state(config, mesh)
-  rng = np.random.default_rng(0)
-  images = lambda: mesh_lib.global_batch(mesh, rng.integers(
-      0, config.data.num_levels, (args.batch, *config.data.image_shape), np.int32))
-  t0 = time.perf_counter()
-  compiled = jax.jit(step_lib.make_train_step(graphdef, tx, config),
-                     donate_argnums=(0,)).lower(state, images()).compile()
-  print(f"compile {time.perf_counter() - t0:.1f} s")
+  c = _step.compile_step(configs.get_config(args.config), args.batch)
+  compiled, images = c.step, c.images
+  print(f"compile {c.compile_s:.1f} s")
   hlo = compiled.as_text()
   if args.dump_hlo:
     pathlib.Path(args.dump_hlo).write_text(hlo)
-  state = loop.initialize_actnorms(graphdef, state, images(), mesh)
+  state = _step.initialized(c)
   state, m = compiled(state, images())
   jax.block_until_ready(m)
   xs = [images() for _ in range(args.steps)]

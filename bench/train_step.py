@@ -30,33 +30,20 @@ CASES = [
 
 
 def run_case(name, batch, steps, compile_only):
+  sys.path.insert(0, os.path.join(ROOT, "bench"))
   import jax
   import numpy as np
 
+  import _step
   from nifzoo import configs
-  from nifzoo.train import loop
-  from nifzoo import mesh as mesh_lib
-  from nifzoo.train import step as step_lib
 
-  config = configs.get_config(name)
-  config.batch_size = batch
-  mesh = mesh_lib.make_mesh()
-  t0 = time.perf_counter()
-  graphdef, tx, state = loop.create_state(config, mesh)
-  jax.block_until_ready(state)
-  build_s = time.perf_counter() - t0
-  rng = np.random.default_rng(0)
-  images = lambda: mesh_lib.global_batch(mesh, rng.integers(
-      0, config.data.num_levels, (batch, *config.data.image_shape), np.int32))
-  step = jax.jit(step_lib.make_train_step(graphdef, tx, config),
-                 donate_argnums=(0,))
-  t0 = time.perf_counter()
-  compiled = step.lower(state, images()).compile()
-  compile_s = time.perf_counter() - t0
+  c = _step.compile_step(configs.get_config(name), batch)
+  state, images, compiled = c.state, c.images, c.step
+  build_s, compile_s = c.build_s, c.compile_s
   result = dict(name=name, batch=batch, build_s=build_s, compile_s=compile_s,
                 params=int(sum(x.size for x in jax.tree.leaves(state.params))))
   if not compile_only:
-    state = loop.initialize_actnorms(graphdef, state, images(), mesh)
+    state = _step.initialized(c)
     state, m = compiled(state, images())  # Warm-up.
     jax.block_until_ready(m)
     times = []
