@@ -33,6 +33,7 @@ def tiny_config(**overrides):
   return c
 
 
+@pytest.mark.slow
 def test_loss_decreases_on_digits():
   config = tiny_config(learning_rate=3e-3, warmup_steps=1)
   mesh = mesh_lib.make_mesh()
@@ -76,6 +77,7 @@ def _actnorm_flags(tree):
   return [np.asarray(v) for path, v in flat if "initialized" in jax.tree_util.keystr(path)]
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path):
   """2N steps straight == N steps, a fresh process restoring, N more (bitwise)."""
   args = ("--config.checkpoint_every=4", "--config.sample_every=100",
@@ -125,6 +127,7 @@ def _assert_close(run_a, run_b):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_data_parallel_8_devices_matches_1(tmp_path):
   one, eight = str(tmp_path / "one.npz"), str(tmp_path / "eight.npz")
   _wait([_worker(one, 1), _worker(eight, 8)])
@@ -137,6 +140,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
   single, multi = str(tmp_path / "single.npz"), str(tmp_path / "multi.npz")
   coord = f"--coordinator=127.0.0.1:{_free_port()}"
@@ -147,6 +151,7 @@ def test_two_processes_match_one_process(tmp_path):
   _assert_close(_load(single), _load(multi))
 
 
+@pytest.mark.slow
 def test_nonfinite_step_is_skipped_or_stops(tmp_path, monkeypatch):
   """A corrupted batch (values far outside the grey levels -> NaN in the logit)."""
   calls = {"n": 0}
@@ -175,6 +180,7 @@ def test_nonfinite_step_is_skipped_or_stops(tmp_path, monkeypatch):
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
 
 
+@pytest.mark.slow
 def test_interrupted_run_saves_and_resumes_exactly(tmp_path, monkeypatch):
   """Ctrl-C after a batch was fetched but before its step: the exit checkpoint
   holds the last finished step with the data iterator rewound to match."""

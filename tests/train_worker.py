@@ -27,8 +27,9 @@ def main():
   p.add_argument("--process_id", type=int, default=0)
   p.add_argument("--num_processes", type=int, default=1)
   args = p.parse_args()
-  os.environ["XLA_FLAGS"] = (
-      f"--xla_force_host_platform_device_count={args.devices}")
+  os.environ["XLA_FLAGS"] = " ".join(  # Keeps the test session's flags.
+      os.environ.get("XLA_FLAGS", "").split()
+      + [f"--xla_force_host_platform_device_count={args.devices}"])
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
   import jax
