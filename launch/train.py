@@ -38,6 +38,9 @@ _REGISTER = flags.DEFINE_string(
     "After training, write a registry entry + checkpoint into this directory.")
 _NAME = flags.DEFINE_string(
     "name", None, "Registry name of the entry (default: the config's name).")
+_LIBRARY_LOGS = flags.DEFINE_bool(
+    "library_logs", False,
+    "Show the INFO logs of Orbax, grain, clu, jax (default: their warnings only).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -47,6 +50,8 @@ def main(argv):
   from nifzoo import mesh  # Imports jax after flags are parsed.
   from nifzoo.train import loop
 
+  if not _LIBRARY_LOGS.value:
+    loop.quiet_library_logs()
   kwargs = {k: v for k, v in dict(coordinator_address=_COORDINATOR.value,
                                   num_processes=_NUM_PROCESSES.value,
                                   process_id=_PROCESS_ID.value).items()

@@ -10,6 +10,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
@@ -32,6 +33,35 @@ def tiny_config(**overrides):
     c[k] = v
   return c
 
+
+def test_optimizer_skips_nonfinite_updates_and_logs_the_applied_lr():
+  """make_optimizer: a non-finite gradient changes neither parameters nor
+  optimiser state, and the logged learning rate is the warmup schedule at the
+  number of updates applied so far (skipped ones do not count)."""
+  config = tiny_config(learning_rate=1e-2, warmup_steps=4)
+  tx = step_lib.make_optimizer(config)
+  params = {"w": jnp.array([1.0, -2.0, 3.0])}
+  state = tx.init(params)
+  applied = 0
+  for g in ([1.0, 1.0, 1.0], [np.nan, 1.0, 1.0], [1.0, -1.0, 2.0],
+            [np.inf, 0.0, 0.0], [0.5, 0.5, 0.5]):
+    g = jnp.asarray(g)
+    updates, new_state = tx.update({"w": g}, state, params)
+    new_params = optax.apply_updates(params, updates)
+    finite = bool(np.isfinite(np.asarray(g)).all())
+    assert bool(new_state.last_finite) == finite
+    if finite:
+      assert float(step_lib.learning_rate(new_state)) == pytest.approx(
+          1e-2 * min(applied, 4) / 4)
+      assert not np.array_equal(new_params["w"], params["w"]) or applied == 0
+      applied += 1
+    else:
+      np.testing.assert_array_equal(new_params["w"], params["w"])
+      for a, b in zip(jax.tree.leaves(new_state.inner_state),
+                      jax.tree.leaves(state.inner_state)):
+        np.testing.assert_array_equal(a, b)
+    params, state = new_params, new_state
+  assert int(state.total_notfinite) == 2 and applied == 3
 
 @pytest.mark.slow
 def test_loss_decreases_on_digits():

@@ -4,8 +4,11 @@ samples and checkpoints, resuming exactly from the workdir.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging as py_logging
+import math
 import os
 import time
 
@@ -13,10 +16,10 @@ import jax
 import numpy as np
 from absl import logging
 from clu import metric_writers
-from clu import periodic_actions
 from etils import epath
 import ml_collections
 from flax import nnx
+from flax import traverse_util
 
 from nifzoo import data as data_lib
 from nifzoo import evaluate as evaluate_lib
@@ -118,7 +121,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   mesh_lib.check_batch_size(config.batch_size)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=not is_chief, asynchronous=False)
-  writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()
+  hparams = traverse_util.flatten_dict(config.to_dict(), sep=".")
+  writer.write_hparams({k: v for k, v in hparams.items()
                         if isinstance(v, (int, float, str, bool))})
 
   train_iter = iter(data_lib.make_dataset(
@@ -151,9 +155,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                        donate_argnums=(0,), out_shardings=(repl, repl))
   sample_fn = make_sample_fn(graphdef)
   final_eval = {}
-  progress = periodic_actions.ReportProgress(
-      num_train_steps=config.total_steps, writer=writer, every_secs=None,
-      every_steps=config.log_every)
+  progress = Progress(config.total_steps)
   sample_key = jax.random.key(config.seed + 2)
 
   def write_samples(step):
@@ -193,7 +195,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   logging.info("Training %s for %d steps (batch %d on %d devices, %d processes).",
                config.name, config.total_steps, config.batch_size,
                jax.device_count(), jax.process_count())
-  t0 = time.time()
   try:
     while step < config.total_steps:
       # The iterator position that matches `state`, for an exit checkpoint
@@ -205,6 +206,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       step += 1
       iter_state = None
       metrics = jax.device_get(metrics)
+      progress.step_done(step)
       if not metrics["finite"]:
         skipped += 1
         msg = (f"Non-finite loss or gradient at step {step} (bits/dim="
@@ -216,24 +218,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
         for k in ("bits_per_dim", "grad_norm", "learning_rate"):
           sums[k] = sums.get(k, 0.0) + float(metrics[k])
         count += 1
-      progress(step)
       if step % config.log_every == 0 or step == config.total_steps:
         last = {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
         last["skipped_steps"] = skipped
         writer.write_scalars(step, last)
-        rate = (step - start) / max(time.time() - t0, 1e-9)
-        eta = (config.total_steps - step) / max(rate, 1e-9)
-        logging.info("step %d/%d  train bits/dim %.4f  %.2f steps/s  ETA %s",
-                     step, config.total_steps,
-                     last.get("train_bits_per_dim", float("nan")), rate,
-                     _format_secs(eta))
+        logging.info("%s  train bits/dim %.4f", progress.line(step),
+                     last.get("train_bits_per_dim", float("nan")))
         sums, count = {}, 0
-      if step % config.sample_every == 0 or step == config.total_steps:
-        write_samples(step)
-      if step % config.checkpoint_every == 0 or step == config.total_steps:
-        last["test_bits_per_dim"] = evaluate(step)
-        ckpt_lib.save(mngr, step, state, train_iter)
-        saved_step = step
+      with progress.paused():  # Sampling, evaluation, saving: not train steps.
+        if step % config.sample_every == 0 or step == config.total_steps:
+          write_samples(step)
+        if step % config.checkpoint_every == 0 or step == config.total_steps:
+          last["test_bits_per_dim"] = evaluate(step)
+          logging.info("step %d  test bits/dim %.4f", step,
+                       last["test_bits_per_dim"])
+          ckpt_lib.save(mngr, step, state, train_iter)
+          saved_step = step
   finally:
     # Whatever stopped the loop (an error, Ctrl-C, preemption), keep the work:
     # the state is only ever replaced by finite updates, so it is safe to save.
@@ -254,16 +254,63 @@ def train_and_evaluate(config, workdir: str) -> dict:
   return last
 
 
+class Progress:
+  """Steps/s and ETA of the train steps alone: the first step of a run (which
+  compiles) and the time spent in ``paused()`` blocks are left out."""
+
+  def __init__(self, total_steps: int):
+    self.total_steps = total_steps
+    self._first = None          # (step, time) when the first step finished.
+    self._paused_secs = 0.0
+
+  def step_done(self, step: int) -> None:
+    if self._first is None:
+      self._first = (step, time.perf_counter())
+
+  @contextlib.contextmanager
+  def paused(self):
+    t = time.perf_counter()
+    try:
+      yield
+    finally:
+      if self._first is not None:
+        self._paused_secs += time.perf_counter() - t
+
+  def steps_per_sec(self, step: int) -> float:
+    if self._first is None or step <= self._first[0]:
+      return float("nan")
+    secs = time.perf_counter() - self._first[1] - self._paused_secs
+    return (step - self._first[0]) / max(secs, 1e-9)
+
+  def line(self, step: int) -> str:
+    """``step 100/2000  37.1 steps/s  ETA 0h00m51s``."""
+    rate = self.steps_per_sec(step)
+    eta = ("?" if math.isnan(rate) else
+           _format_secs((self.total_steps - step) / max(rate, 1e-9)))
+    return f"step {step}/{self.total_steps}  {rate:.1f} steps/s  ETA {eta}"
+
+
 def _format_secs(secs: float) -> str:
   secs = int(secs)
   return f"{secs // 3600}h{secs % 3600 // 60:02d}m{secs % 60:02d}s"
 
 
-def _flatten(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
+# Libraries whose INFO records are dropped unless asked for (launch/train.py
+# --library_logs): Orbax alone writes about 30 lines per run.
+QUIET_LIBRARIES = ("orbax", "grain", "clu", "etils", "tensorflow_datasets", "jax")
+
+
+class _LibraryInfoFilter(py_logging.Filter):
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    if record.levelno >= py_logging.WARNING:
+      return True
+    parts = record.pathname.split(os.sep)
+    return not any(lib in parts for lib in QUIET_LIBRARIES)
+
+
+def quiet_library_logs() -> None:
+  """Shows only WARNING and above from :data:`QUIET_LIBRARIES` (absl handler)."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
+    handler.addFilter(_LibraryInfoFilter())

@@ -33,9 +33,20 @@ def learning_rate_schedule(config) -> optax.Schedule:
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-  """Global-norm clipping followed by Adam on the warmup schedule."""
-  return optax.chain(optax.clip_by_global_norm(config.grad_clip),
-                     optax.adam(learning_rate_schedule(config)))
+  """Global-norm clipping then Adam on the warmup schedule, skipping non-finite steps.
+
+  ``apply_if_finite`` leaves parameters and optimiser state as they were when a
+  gradient is not finite (it never gives up); ``inject_hyperparams`` keeps the
+  learning rate of the last applied update in the state, for logging.
+  """
+  adam = optax.inject_hyperparams(optax.adam)(
+      learning_rate=learning_rate_schedule(config))
+  return optax.apply_if_finite(
+      optax.chain(optax.clip_by_global_norm(config.grad_clip), adam),
+      max_consecutive_errors=_NEVER)
+
+
+_NEVER = int(jnp.iinfo(jnp.int32).max)  # optax's error count saturates there.
 
 
 def split_model(model: nnx.Module):
@@ -50,11 +61,11 @@ def init_state(model: nnx.Module, tx, seed: int) -> tuple[Any, TrainState]:
                               tx.init(params), rng)
 
 
-def _applied_updates(opt_state):
-  """The schedule's own step count (skipped non-finite steps do not advance it)."""
-  states = jax.tree.leaves(
-      opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
-  return next(s.count for s in states if isinstance(s, optax.ScaleByScheduleState))
+def learning_rate(opt_state):
+  """The learning rate of the last applied update (``make_optimizer``'s state)."""
+  clip_state, adam_state = opt_state.inner_state
+  del clip_state
+  return adam_state.hyperparams["learning_rate"]
 
 
 def make_train_step(graphdef, tx, config):
@@ -63,10 +74,9 @@ def make_train_step(graphdef, tx, config):
   The loss is the mean bits/dim of the batch (for the deep NIF, the
   importance-weighted bound with the config's N). The step's randomness is
   ``fold_in(rng, step)``, so a resumed run draws the same numbers. A step whose
-  loss or gradient norm is not finite leaves params and optimiser state as
-  they were and reports ``finite = False``.
+  gradient is not finite leaves params and optimiser state as they were
+  (``make_optimizer``) and reports ``finite = False``.
   """
-  schedule = learning_rate_schedule(config)
 
   def loss_fn(params, rest, images, key):
     model = nnx.merge(graphdef, params, rest)
@@ -77,18 +87,14 @@ def make_train_step(graphdef, tx, config):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     loss, grads = jax.value_and_grad(loss_fn)(state.params, state.rest, images,
                                               key)
-    grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    keep = lambda new, old: jax.tree.map(
-        lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = state._replace(
         step=state.step + 1,
-        params=keep(params, state.params),
-        opt_state=keep(opt_state, state.opt_state))
-    metrics = dict(bits_per_dim=loss, grad_norm=grad_norm, finite=finite,
-                   learning_rate=schedule(_applied_updates(state.opt_state)))
+        params=optax.apply_updates(state.params, updates),
+        opt_state=opt_state)
+    metrics = dict(bits_per_dim=loss, grad_norm=optax.global_norm(grads),
+                   finite=opt_state.last_finite,
+                   learning_rate=learning_rate(opt_state))
     return new_state, metrics
 
   return step_fn
