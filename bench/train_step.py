@@ -1,16 +1,18 @@
 """Train-step throughput, peak memory and compile time on this machine.
 
-  python bench/train_step.py            # all cases (several minutes on 2 CPUs)
-  python bench/train_step.py --quick    # the small configs only
+  python bench/train_step.py            # all cases -> bench/results/train_step.json
+  python bench/train_step.py --quick    # the small configs -> .../train_step_quick.json
 
 Each case runs in its own process, so that its peak RSS (ru_maxrss) is its own:
 build + ActNorm init + compile the jitted train step, then time a few steps
 (images/s, median step time). The CelebA paper config is only compiled
 (lower + compile time of the train step at batch 32). Prints a table and writes
-bench/results/train_step.json.
+the whole results file from this one run (with the machine's load average, since
+other processes slow every figure); if a case fails, nothing is written.
 """
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -64,14 +66,18 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--quick", action="store_true", help="small configs only")
   p.add_argument("--case", type=int, default=None, help=argparse.SUPPRESS)
-  p.add_argument("--out", default=os.path.join(ROOT, "bench", "results",
-                                               "train_step.json"))
+  p.add_argument("--out", default=None,
+                 help="results file (default bench/results/train_step[_quick].json)")
   args = p.parse_args()
   if args.case is not None:
     print(json.dumps(run_case(*CASES[args.case])))
     return
   cases = range(2) if args.quick else range(len(CASES))
-  results = []
+  out_path = args.out or os.path.join(
+      ROOT, "bench", "results",
+      "train_step_quick.json" if args.quick else "train_step.json")
+  load_before = os.getloadavg()
+  results, failed = [], []
   print(f"{'config':<20} {'batch':>5} {'params':>11} {'compile s':>9} "
         f"{'step s':>8} {'img/s':>8} {'peak RSS MB':>11}", flush=True)
   for i in cases:
@@ -79,6 +85,7 @@ def main():
                          capture_output=True, text=True)
     if out.returncode:
       print(f"{CASES[i][0]}: failed\n{out.stderr[-2000:]}", flush=True)
+      failed.append(CASES[i][0])
       continue
     r = json.loads(out.stdout.strip().splitlines()[-1])
     results.append(r)
@@ -87,11 +94,17 @@ def main():
     print(f"{r['name']:<20} {r['batch']:>5} {r['params']:>11,} "
           f"{r['compile_s']:>9.1f} {step_s:>8} {ips:>8} {r['peak_rss_mb']:>11.0f}",
           flush=True)
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(dict(machine=dict(cpus=os.cpu_count(), platform=platform.platform()),
-                   results=results), f, indent=2)
-  print(f"wrote {args.out}")
+  if failed:
+    sys.exit(f"Not writing {out_path}: {', '.join(failed)} failed.")
+  os.makedirs(os.path.dirname(out_path), exist_ok=True)
+  with open(out_path, "w") as f:
+    json.dump(dict(
+        command=" ".join(["python", "bench/train_step.py"] + sys.argv[1:]),
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        machine=dict(cpus=os.cpu_count(), platform=platform.platform(),
+                     load_average_1m_before_after=[load_before[0], os.getloadavg()[0]]),
+        results=results), f, indent=2)
+  print(f"wrote {out_path}")
 
 
 if __name__ == "__main__":
