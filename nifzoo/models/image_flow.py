@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
