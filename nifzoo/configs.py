@@ -211,6 +211,7 @@ def _apply_override(c: ml_collections.ConfigDict, part: str):
     c.sample_every = 10
     c.num_sample_images = 16
     c.eval_batches = 2
+    c.eval_num_draws = 1
     return
   key, eq, value = part.partition("=")
   if not eq or key not in _SHORTCUTS:
