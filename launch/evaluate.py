@@ -129,7 +129,8 @@ def evaluate(model_name: str, evals, outdir: str, *, registry=None,
   t0 = time.time()
 
   def log(msg):
-    logging.info("[%s %.0fs] %s", name, time.time() - t0, msg)
+    if progress:
+      print(f"[{name} {time.time() - t0:.0f}s] {msg}", flush=True)
 
   if "bpd" in evals:
     r = bpd_lib.bits_per_dim(model, cfg.data, "test", batch_size=batch_size,
@@ -246,6 +247,9 @@ def main(argv):
   del argv
   if not _MODEL.value or not _OUTDIR.value:
     raise app.UsageError("--model and --outdir are required.")
+  # Library INFO chatter (Orbax, XLA backends) off; --verbosity=0 brings it back.
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
   from nifzoo import mesh  # pylint: disable=g-import-not-at-top
   mesh.maybe_initialize_distributed()
   scales = None if _SCALES.value is None else [float(s) for s in _SCALES.value]

@@ -163,7 +163,10 @@ def test_sweep_chooses_s_on_train_and_reports_test(tiny_models, clf, data_config
   best = int(np.argmin(r["fd_tune"]))
   assert r["s_star"] == scales[best]
   assert r["fd_eval_at_s_star"] == r["fd_eval"][best]
-  assert r["fd_eval_at_s1"] is None  # 1.0 is not among these scales.
+  # s = 1 is not among these scales: its FD is computed with the eval draws.
+  fe1 = np.asarray(ffn(jnp.asarray(calls[12])), np.float64)
+  np.testing.assert_allclose(r["fd_eval_at_s1"], _scipy_fd(fe1, eval_ref), rtol=1e-3)
+  assert len(calls) == 13
   assert r["bits_per_dim"][0] is None  # s = 0: zero density off the manifold.
   assert all(np.isfinite(b) for b in r["bits_per_dim"][1:])
   assert r["bits_per_dim"][1] != r["bits_per_dim"][2]

@@ -52,7 +52,8 @@ def noise_scale_sweep(model, feature_fn, data_config, *,
 
   Returns a JSON-ready dict: ``scales``, ``fd_tune``, ``fd_eval``,
   ``bits_per_dim`` (lists over s), ``s_star`` (argmin of ``fd_tune``),
-  ``fd_eval_at_s_star``, ``bits_per_dim_at_s_star``, ``fd_eval_at_s1`` and the
+  ``fd_eval_at_s_star``, ``bits_per_dim_at_s_star``, ``fd_eval_at_s1`` (the
+  trained model, computed even when 1 is not among ``scales``) and the
   protocol (counts, splits, tuning indices' seed).
   """
   key = jax.random.key(0) if key is None else key
@@ -85,12 +86,17 @@ def noise_scale_sweep(model, feature_fn, data_config, *,
     else:
       bpd.append(None)
   best = int(np.argmin(fd_tune))
-  s1 = int(np.argmin(np.abs(np.asarray(scales) - 1.0)))
+  if 1.0 in scales:
+    fd_s1 = fd_eval[scales.index(1.0)]
+  else:  # linspace(0, 1.2, 15) misses s = 1, the trained model: add it.
+    fd_s1 = fd_lib.frechet_to_reference(
+        sampler, feature_fn, stats_eval, num_samples, key=k_eval,
+        temperature=temperature, noise_scale=1.0, batch_size=batch_size)
   return {
       "scales": list(scales), "fd_tune": fd_tune, "fd_eval": fd_eval,
       "bits_per_dim": bpd, "s_star": scales[best],
       "fd_eval_at_s_star": fd_eval[best], "bits_per_dim_at_s_star": bpd[best],
-      "fd_eval_at_s1": fd_eval[s1] if scales[s1] == 1.0 else None,
+      "fd_eval_at_s1": fd_s1,
       "num_samples": int(num_samples), "temperature": float(temperature),
       "tune_split": tune_split, "tune_size": int(tune_size), "tune_seed": seed,
       "eval_split": eval_split, "num_eval_images": eval_size,
@@ -123,7 +129,7 @@ def plot_sweep(results: dict, path: str, title: str = "") -> str:
     ax_bpd.plot(s, bpd, "-o", color=color, ms=3, label=label)
   ax_fd.set_xlabel("noise scale s")
   ax_fd.set_ylabel(f"Fréchet distance ({next(iter(results.values()))['features']})")
-  ax_fd.set_yscale("log")
+  ax_bpd.set_yscale("log")
   ax_fd.set_title("FD(s); * = s chosen on train")
   ax_bpd.set_xlabel("noise scale s")
   ax_bpd.set_ylabel("test bits/dim")
