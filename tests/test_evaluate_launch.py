@@ -4,6 +4,7 @@ the metrics written back into the user registry entry."""
 import importlib.util
 import json
 import os
+import sys
 
 import pytest
 from PIL import Image
@@ -16,12 +17,18 @@ from nifzoo.train import loop
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _load(name: str, module: str):
+  """launch/<name>.py as ``module``, once per process (absl flags are global)."""
+  if module not in sys.modules:
+    spec = importlib.util.spec_from_file_location(
+        module, os.path.join(ROOT, "launch", f"{name}.py"))
+    sys.modules[module] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sys.modules[module])
+  return sys.modules[module]
+
+
 def _launcher():
-  spec = importlib.util.spec_from_file_location(
-      "evaluate_launcher", os.path.join(ROOT, "launch", "evaluate.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return _load("evaluate", "nifzoo_launch_evaluate")
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +72,30 @@ def test_evaluate_launcher_end_to_end(tiny_entry):
     launcher.evaluate("digits-nif4-tiny", ["bogus"], outdir, registry=[reg])
   with pytest.raises(ValueError, match="inception_weights"):
     launcher.evaluate("digits-nif4-tiny", ["fid"], outdir, registry=[reg])
+
+
+def test_results_page_claims(tmp_path):
+  """The digits results page: the claims are computed from the numbers."""
+  results = _load("results_digits", "nifzoo_launch_results_digits")
+  rows = {
+      "digits-nf": {"bits_per_dim": 2.10, "fd": 9.0, "fd_s1": 9.0, "s_star": 1.0,
+                    "probe_accuracy": 0.80},
+      "digits-nif4": {"bits_per_dim": 2.20, "fd": 8.0, "fd_s1": 8.5, "s_star": 0.9,
+                      "probe_accuracy": 0.85},
+      "digits-nif16": {"bits_per_dim": 2.12, "fd": 9.5, "fd_s1": 9.6, "s_star": 1.2,
+                       "probe_accuracy": 0.70},
+  }
+  v = results.claims(rows)
+  assert not v["bpd"]["digits-nif4"]["within_2_percent"]   # +4.8 %
+  assert v["bpd"]["digits-nif16"]["within_2_percent"]      # +1.0 %
+  assert v["fd"]["digits-nif4"]["nif_better"] and not v["fd"]["digits-nif16"]["nif_better"]
+  assert v["probe"]["digits-nif4"]["nif_better"]
+  assert not v["probe"]["digits-nif16"]["nif_better"]
+  page = str(tmp_path / "r.md")
+  extra = {"wall_time_s": 1.0, "hardware": "cpu", "bpd_draws": 4, "num_samples": 10,
+           "tune_size": 300, "fd_real": 1.0, "classifier_accuracy": 0.99,
+           "embedding_method": "PCA"}
+  results.write_page(page, rows, "TABLES\n", v, extra, {}, "python x")
+  text = open(page).read()
+  assert "`digits-nif4`: 2.2000 vs NF 2.1000 (+4.76%): **no**" in text
+  assert "TABLES" in text
