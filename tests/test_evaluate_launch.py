@@ -94,7 +94,7 @@ def test_results_page_claims(tmp_path):
   page = str(tmp_path / "r.md")
   extra = {"wall_time_s": 1.0, "hardware": "cpu", "bpd_draws": 4, "num_samples": 10,
            "tune_size": 300, "fd_real": 1.0, "classifier_accuracy": 0.99,
-           "embedding_method": "PCA"}
+           "embedding_method": "PCA", "repeats": 5, "pixel_probe": 0.9}
   results.write_page(page, rows, "TABLES\n", v, extra, {}, "python x")
   text = open(page).read()
   assert "`digits-nif4`: 2.2000 vs NF 2.1000 (+4.76%): **no**" in text

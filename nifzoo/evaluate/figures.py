@@ -118,11 +118,14 @@ def save_labelled_grids(grids: dict, path: str, row_labels=None,
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, len(grids), figsize=(3.2 * len(grids), 3.6),
-                           squeeze=False)
+  imgs = {label: images_lib.grid(np.asarray(r).reshape(-1, *np.shape(r)[2:]),
+                                  ncols=np.shape(r)[1]) for label, r in grids.items()}
+  aspect = max(i.shape[0] / i.shape[1] for i in imgs.values())
+  fig, axes = plt.subplots(1, len(grids), squeeze=False, figsize=(
+      3.6 * len(grids), 3.6 * aspect + 0.5 + 0.3 * bool(title)))
   for ax, (label, rows) in zip(axes[0], grids.items()):
     rows = np.asarray(rows)
-    img = images_lib.grid(rows.reshape(-1, *rows.shape[2:]), ncols=rows.shape[1])
+    img = imgs[label]
     h = img.shape[0] / rows.shape[0]
     ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray",
               interpolation="nearest")
@@ -171,15 +174,18 @@ def save_embeddings(embs: dict, path: str, *, seed: int = 0,
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, len(embs), figsize=(4 * len(embs), 4), squeeze=False)
+  fig, axes = plt.subplots(1, len(embs), figsize=(3.2 * len(embs) + 1.0, 3.6),
+                           squeeze=False)
   used = None
   for ax, (label, (emb, y)) in zip(axes[0], embs.items()):
     pts, used = embedding_2d(emb, y, seed=seed, method=method)
-    sc = ax.scatter(pts[:, 0], pts[:, 1], c=y, cmap="tab10", s=5)
+    sc = ax.scatter(pts[:, 0], pts[:, 1], c=y, cmap="tab10", s=4)
     extra = f"\nlinear probe {probe[label]:.1%}" if probe and label in probe else ""
     ax.set_title(f"{label} ({emb.shape[1]}-d){extra}", fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
-  fig.colorbar(sc, ax=axes[0].tolist(), shrink=0.8)
+  axes[0][-1].legend(*sc.legend_elements(), fontsize=7, loc="center left",
+                     bbox_to_anchor=(1.02, 0.5), title="class", title_fontsize=7)
   fig.suptitle(f"{used} of the test set", fontsize=10)
+  fig.tight_layout()
   return {"path": images_lib.save_figure(fig, path), "method": used}
