@@ -121,6 +121,11 @@ def evaluate(model_name: str, evals, outdir: str, *, registry=None,
   mesh = mesh_lib.make_mesh() if mesh is None else mesh
   model = zoo.load(model_name, mesh=mesh, registry=registry)
   cfg = model.config
+  if write_metrics and model.entry is None:
+    raise ValueError(
+        f"--write_metrics needs a registry entry, but {model_name} is a workdir: "
+        "register it first (launch/train.py --register=<dir>, or zoo.register) "
+        "and evaluate it by name.")
   name = model.entry.name if model.entry is not None else cfg.name
   nif = model.prior != "normal"
   key = jax.random.key(seed)

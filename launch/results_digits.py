@@ -164,6 +164,10 @@ def write_page(path: str, rows: dict, table_md: str, verdict: dict, extra: dict,
       "fitted on the 1,497 train images, accuracy on the 300 test images. NF: the flow "
       "latent (64-d); NIF-k: the stochastic inverse μ(x) (k-d).",
       "",
+      f"Table 1's FDs are single sample draws (the sweep's); the claims below use "
+      f"{extra.get('repeats', '?')} independent draws of {extra['num_samples']} "
+      "samples each at every model's s*.",
+      "",
       table_md,
       "## The paper's claims on digits",
       "",
@@ -180,7 +184,8 @@ def write_page(path: str, rows: dict, table_md: str, verdict: dict, extra: dict,
           f"   - `{name}`: FD {v['nif_mean']:.2f} ± {v['nif_std']:.2f} at s* = "
           f"{v['s_star']:.2f} vs NF {v['nf_mean']:.2f} ± {v['nf_std']:.2f} (mean ± sd "
           f"over {extra.get('repeats', '?')} sample draws): {_yes(v['nif_better'])}"
-          + ("" if v["beyond_2_std"] else ", but within two standard deviations"))
+          + ("" if v["beyond_2_std"] else
+             " (the gap is within two standard deviations: not significant)"))
     else:
       lines.append(f"   - `{name}`: FD {v['nif_at_s_star']:.2f} at s* = {v['s_star']:.2f} "
                    f"(s = 1: {v['nif_at_s1']:.2f}) vs NF {v['nf']:.2f}: "
