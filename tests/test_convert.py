@@ -101,6 +101,7 @@ def tiny_nf():
   return m
 
 
+@pytest.mark.slow
 def test_nf_to_nif_shares_the_glow_and_raises_the_training_likelihood(tiny_nf):
   key = jax.random.key(3)
   nif_model, report = convert.nf_to_nif(tiny_nf, 8, key=key, batch_size=256,
@@ -136,6 +137,7 @@ def test_nf_to_nif_refuses_bad_input(tiny_nf):
     convert.nf_to_nif(tiny_nf, 4, noise="diagonal", method="randomized")
 
 
+@pytest.mark.slow
 def test_converted_workdir_loads_and_fine_tunes_from_init_from(tiny_nf, tmp_path):
   """launch/convert.py's layout: zoo.load reads it; a run with init_from and
   learning rate 0 keeps exactly the converted variables (Adam's update is 0)."""

@@ -313,6 +313,7 @@ print(json.dumps(float(np.max(np.abs(np.asarray(lp8) - np.asarray(lp1))))))
 """
 
 
+@pytest.mark.slow
 def test_load_onto_an_8_device_mesh_matches_one_device(trained, images, tmp_path):
   _, reg, _ = trained
   np.save(tmp_path / "x.npy", images)
