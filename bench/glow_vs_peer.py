@@ -316,9 +316,11 @@ def main(argv=None):
              f"(bench/README.md) or pass --peer-python.")
   extras = not args.no_extras
   me = [sys.executable, __file__, f"--steps={args.steps}"]
-  two_dev = {"XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=2").strip()}
-  cases = {"nifzoo": (me + ["--worker=nifzoo"], None)}
+  # nifzoo processes as launch/train.py runs them (one OpenBLAS thread).
+  nz = {"OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
+  two_dev = dict(nz, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
+                               " --xla_force_host_platform_device_count=2").strip())
+  cases = {"nifzoo": (me + ["--worker=nifzoo"], nz)}
   if not args.no_2dev:
     cases["nifzoo-2dev"] = (me + ["--worker=nifzoo"], two_dev)
   peer = [args.peer_python, __file__, f"--steps={args.steps}", "--worker=peer",
@@ -328,10 +330,10 @@ def main(argv=None):
   # sibling and a step can take 10x longer; passive waiting avoids that. The
   # ratio is taken against the faster of the two peer cases.
   cases["peer-passive"] = (peer, {"OMP_WAIT_POLICY": "PASSIVE"})
-  cases["matmul"] = (me + ["--worker=matmul"], None)
+  cases["matmul"] = (me + ["--worker=matmul"], nz)
   if extras:
     cases["nifzoo-nif512"] = (me + ["--worker=nifzoo", f"--config={NIF_CONFIG}"],
-                              None)
+                              nz)
 
   git = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"],
                 capture_output=True, text=True).stdout.strip()
@@ -352,7 +354,7 @@ def main(argv=None):
         msg = f"{r['gflops']:7.1f} GFLOP/s"
       print(f"  rep {rep + 1}/{args.reps} {name:<14} {msg}  "
             f"(load {r['load'][0]:.2f})", flush=True)
-  flop_count = run_worker(me + ["--worker=flops"]) if extras else {}
+  flop_count = run_worker(me + ["--worker=flops"], nz) if extras else {}
 
   flops = train_flops()
   matmul = statistics.median(r["gflops"] for r in runs["matmul"])

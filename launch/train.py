@@ -17,6 +17,12 @@ import os
 import sys
 import time
 
+# One OpenBLAS thread, set before numpy loads it. jax runs its CPU Cholesky and
+# triangular solves (the NIF prior) in OpenBLAS, whose own threads then compete
+# with XLA's for the cores: a 512x512 Cholesky inside the train step took 570 ms
+# instead of 2 ms (bench/README.md, "Threads").
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 from absl import app
 from absl import flags
 from absl import logging
