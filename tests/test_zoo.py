@@ -351,7 +351,10 @@ def test_registry_is_found_after_a_plain_pip_install(tmp_path):
           "assert 'site-packages' in nifzoo.__file__, nifzoo.__file__\n"
           "print(len(zoo.list()))\nprint(zoo.info('celeba-nif128'))\n"
           "m = zoo.load('digits-nif16')\n"
-          "print(m.sample(jax.random.key(0), 4, noise_scale=0.0).shape)\n")
+          "print(m.sample(jax.random.key(0), 4, noise_scale=0.0).shape)\n"
+          # A notebook's zoo.load pulls in neither the training loop nor TensorFlow.
+          "import sys\nassert 'tensorflow' not in sys.modules\n"
+          "assert 'nifzoo.train.loop' not in sys.modules\n")
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   out = subprocess.run([py, "-c", code], capture_output=True, text=True,
                        cwd=str(tmp_path), env=env, timeout=600)
