@@ -59,12 +59,28 @@ def main(argv):
     path = zoo.register(
         _OUT.value, _REGISTER.value, name=_NAME.value or config.name,
         metrics=zoo.eval_metrics(result, command),
+        card=converted_card(config, report),
         training={"command": command, "steps": 0,
                   "wall_time_s": report["seconds"],
                   "hardware": zoo.hardware_string(),
                   "converted_from": _FROM.value, "fit": report["method"],
                   "noise": report["noise"]})
     print(f"registered {path}")
+
+
+def converted_card(config, report: dict) -> dict:
+  """The registry card of a converted model: what it was converted from, and how."""
+  from nifzoo import zoo  # pylint: disable=g-import-not-at-top
+  card = zoo.default_card(config)
+  fit = {"isotropic": "probabilistic PCA", "diagonal": "factor analysis (EM)"}
+  m = config.model
+  card["training"] = (
+      f"Converted from {report['from']} without a gradient step: its Glow "
+      f"({m.num_scales} scales x {m.steps_per_scale} steps, coupling width "
+      f"{m.width}) unchanged, and a Gaussian NIF prior with k = {report['latent_dim']} "
+      f"fitted in closed form ({fit[report['noise']]}, {report['method']}) to the "
+      f"flow latents of {report['num_latents']} train images (docs/math.md §7).")
+  return card
 
 
 if __name__ == "__main__":

@@ -344,7 +344,9 @@ def default_card(config, step: int | None = None) -> dict:
                    f"coupling width {m.width}; Adam lr {config.learning_rate}, "
                    f"batch {config.batch_size}"
                    + (f", {step} steps" if step is not None else "")
-                   + f", seed {config.seed}."),
+                   + f", seed {config.seed}"
+                   + (f", starting from the variables of {config.init_from}"
+                      if config.get("init_from") else "") + "."),
       "intended_use": "Density estimation, sampling and embedding research on "
                       f"{config.data.name}; a reference for the NIF method.",
       "limitations": "Trained on one dataset at its quantisation; densities and "

@@ -20,6 +20,8 @@ from nifzoo.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = ("digits-nf", "digits-nif4", "digits-nif8", "digits-nif16", "digits-nif32")
+# launch/convert_digits.py: digits-nf converted to NIF-k, and that fine-tuned.
+CONVERTED = tuple(f"digits-nif{k}-from-nf{s}" for k in (4, 8, 16, 32) for s in ("", "-ft"))
 
 
 @pytest.fixture(scope="module")
@@ -256,13 +258,22 @@ def test_paper_entries_match_their_configs_wiring():
 # ------------------------------------------------------------------ shipped models
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", SHIPPED + CONVERTED)
 def test_shipped_entries_hash_their_files(name):
   e = registry.find(name)
   assert e.checkpoint is not None, f"{name} ships no checkpoint"
   assert registry.hash_directory(e.checkpoint_path()) == e.checkpoint["sha256"]
   m = e.metrics["test_bits_per_dim"]
-  assert m["num_images"] == 300 and m["command"].startswith("python launch/train.py")
+  made_by = "convert.py" if name.endswith("-from-nf") else "train.py"
+  assert m["num_images"] == 300 and m["command"].startswith(f"python launch/{made_by}")
+
+
+def test_shipped_entries_are_the_packaged_checkpoints():
+  """Every packaged checkpoint directory has its entry, and nothing else ships."""
+  shipped = sorted(n for n in zoo.list() if registry.find(n).checkpoint is not None)
+  assert shipped == sorted(SHIPPED + CONVERTED)
+  on_disk = sorted(os.listdir(os.path.join(ROOT, "registry", "checkpoints")))
+  assert on_disk == sorted(SHIPPED + CONVERTED + ("digits-classifier",))
 
 
 @pytest.mark.slow
