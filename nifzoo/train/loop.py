@@ -15,7 +15,6 @@ import time
 import jax
 import numpy as np
 from absl import logging
-from clu import metric_writers
 from etils import epath
 import ml_collections
 from flax import nnx
@@ -28,6 +27,7 @@ from nifzoo import models
 from nifzoo.train import checkpoint as ckpt_lib
 from nifzoo import mesh as mesh_lib
 from nifzoo.train import step as step_lib
+from nifzoo.train import writers as writers_lib
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -119,8 +119,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     (epath.Path(workdir) / ckpt_lib.CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(config.batch_size)
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=not is_chief, asynchronous=False)
+  writer = writers_lib.create_writer(workdir, just_logging=not is_chief)
   hparams = traverse_util.flatten_dict(config.to_dict(), sep=".")
   writer.write_hparams({k: v for k, v in hparams.items()
                         if isinstance(v, (int, float, str, bool))})

@@ -1,0 +1,66 @@
+"""The training loop's metric writer: TensorBoard when tensorflow is installed.
+
+clu's metric writers import tensorflow (its TensorBoard summaries), which is the
+optional ``tensorboard`` extra. Without it, training still runs: ``JsonWriter``
+logs every scalar to the console and appends it to ``<workdir>/metrics.jsonl``,
+one ``{"step": ..., "name": value, ...}`` object a line (images are the sample
+PNGs the loop saves in ``<workdir>/samples/``).
+"""
+
+from __future__ import annotations
+
+import json
+
+from absl import logging
+from etils import epath
+
+METRICS_FILE = "metrics.jsonl"
+MISSING_TENSORBOARD = (
+    "TensorBoard logs need tensorflow ({error}): install them with "
+    "`pip install \"nifzoo[tensorboard]\"`. Logging the metrics to the console "
+    "and {path} instead.")
+
+
+class JsonWriter:
+  """Scalars to absl logging and (unless ``just_logging``) one JSON line per write.
+
+  The subset of clu's ``MetricWriter`` interface the training loop uses.
+  """
+
+  def __init__(self, workdir: str, *, just_logging: bool = False):
+    self.path = None if just_logging else epath.Path(workdir) / METRICS_FILE
+
+  def _append(self, record: dict) -> None:
+    if self.path is not None:
+      with self.path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+  def write_hparams(self, hparams) -> None:
+    self._append({"hparams": dict(hparams)})
+
+  def write_scalars(self, step: int, scalars) -> None:
+    values = {k: float(v) for k, v in scalars.items()}
+    logging.info("[%d] %s", step, ", ".join(f"{k}={v:.6g}" for k, v in values.items()))
+    self._append({"step": int(step), **values})
+
+  def write_images(self, step: int, images) -> None:
+    del step, images  # The loop saves them as PNGs itself.
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
+def create_writer(workdir: str, *, just_logging: bool = False):
+  """clu's default writer (console + TensorBoard), or ``JsonWriter`` without tensorflow."""
+  try:
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    writer = JsonWriter(workdir, just_logging=just_logging)
+    logging.warning(MISSING_TENSORBOARD.format(
+        error=e, path=writer.path or "nowhere else (not the chief process)"))
+    return writer
+  return metric_writers.create_default_writer(
+      workdir, just_logging=just_logging, asynchronous=False)

@@ -1,0 +1,46 @@
+"""The training loop's metric writer without tensorflow (the `tensorboard` extra).
+
+With it, tests/test_train.py checks the TensorBoard event files of a run.
+"""
+
+import json
+import sys
+
+import clu
+import pytest
+
+from nifzoo.train import writers
+
+
+@pytest.fixture
+def no_tensorflow(monkeypatch):
+  """As if the `tensorboard` extra were not installed: `import tensorflow` fails."""
+  monkeypatch.setitem(sys.modules, "tensorflow", None)
+  for name in [m for m in sys.modules if m.split(".")[:2] == ["clu", "metric_writers"]]:
+    monkeypatch.delitem(sys.modules, name)
+  monkeypatch.delattr(clu, "metric_writers", raising=False)
+
+
+def test_without_tensorflow_metrics_go_to_json_lines(tmp_path, monkeypatch, no_tensorflow):
+  warnings = []
+  monkeypatch.setattr(writers.logging, "warning", lambda msg, *a: warnings.append(msg % a))
+  writer = writers.create_writer(str(tmp_path))
+  assert isinstance(writer, writers.JsonWriter)
+  assert len(warnings) == 1 and 'pip install "nifzoo[tensorboard]"' in warnings[0]
+  assert "tensorflow" in warnings[0] and str(tmp_path / "metrics.jsonl") in warnings[0]
+  writer.write_hparams({"lr": 1e-3, "name": "digits-nif8"})
+  writer.write_scalars(10, {"train_bits_per_dim": 2.5, "skipped_steps": 0})
+  writer.write_images(10, {"samples": None})
+  writer.write_scalars(20, {"test_bits_per_dim": 2.25})
+  writer.flush()
+  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert lines == [{"hparams": {"lr": 1e-3, "name": "digits-nif8"}},
+                   {"step": 10, "train_bits_per_dim": 2.5, "skipped_steps": 0.0},
+                   {"step": 20, "test_bits_per_dim": 2.25}]
+
+
+def test_without_tensorflow_other_processes_only_log(tmp_path, no_tensorflow):
+  writer = writers.create_writer(str(tmp_path), just_logging=True)
+  writer.write_scalars(1, {"x": 1.0})
+  assert isinstance(writer, writers.JsonWriter) and not list(tmp_path.iterdir())
+
