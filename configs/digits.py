@@ -1,6 +1,6 @@
 """digits models: `get_config(arg)` with arg = "<model>[,overrides]" (see nifzoo/configs.py).
 
-Models: nf, nif4, nif8, nif16, nif32.
+Models: nf, nif4, nif8, nif16, nif32, deepnif8, deepnif16.
 Example: `python launch/train.py --config=configs/digits.py:nif4,tiny --workdir=/tmp/run`.
 """
 

@@ -2,6 +2,7 @@ r"""Regenerates the packaged registry (registry/): one command.
 
   python launch/build_registry.py                 # paper entries + train & ship digits
   python launch/build_registry.py --nodigits      # paper entries and README table only
+  python launch/build_registry.py --models=deepnif8,deepnif16   # only these digits models
 
 1. Writes an entry (no checkpoint) for each of the paper's 16 models, with the
    paper's figures.
@@ -11,6 +12,9 @@ r"""Regenerates the packaged registry (registry/): one command.
          --workdir=<runs>/digits-<model> --register=registry
    which exports its variables into registry/checkpoints/ and writes its entry
    with the content hash and the whole-test-split bits/dim.
+   A deep NIF is then scored by launch/evaluate.py --evals=iw_bound
+   --write_metrics=registry: its test bound at N = 1, 4, 16, 64, 256 beside the
+   closed-form bits/dim of digits-nif<k>, merged into its entry.
 3. Rewrites the README's table of shipped models from the registry.
 """
 
@@ -22,7 +26,8 @@ from absl import app
 from absl import flags
 
 _DIGITS = flags.DEFINE_bool("digits", True, "Train and register the digits models.")
-_MODELS = flags.DEFINE_list("models", ["nf", "nif4", "nif8", "nif16", "nif32"],
+_MODELS = flags.DEFINE_list("models", ["nf", "nif4", "nif8", "nif16", "nif32",
+                                       "deepnif8", "deepnif16"],
                             "Digits models to train.")
 _RUNS = flags.DEFINE_string("runs", "runs/registry", "Workdir root of the runs.")
 _REGISTRY = flags.DEFINE_string("registry", "registry", "Registry directory to write.")
@@ -51,6 +56,12 @@ def main(argv):
              f"--register={_REGISTRY.value}"]
       print(" ".join(cmd[1:]), flush=True)
       subprocess.run(cmd, check=True)
+      if model.startswith("deepnif"):
+        cmd = [sys.executable, "launch/evaluate.py", f"--model={name}",
+               "--evals=iw_bound", f"--outdir={workdir}/eval",
+               f"--write_metrics={_REGISTRY.value}"]
+        print(" ".join(cmd[1:]), flush=True)
+        subprocess.run(cmd, check=True)
   zoo.update_readme_table(_README.value, registry=_REGISTRY.value)
   print(f"updated the shipped-models table in {_README.value}")
 

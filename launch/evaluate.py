@@ -10,7 +10,11 @@ r"""Evaluates a zoo model: bits/dim, Fréchet distances, the s sweep, figures.
 Evaluations (--evals, comma-separated):
 
   bpd         test bits/dim at s = 1, every test image once, --bpd_draws
-              dequantisation draws (deep NIF: IW bound with --iw_samples)
+              dequantisation draws (deep NIF: IW bound with --iw_samples,
+              default the training N)
+  iw_bound    deep NIF only: the test bound at N in --iw_curve, beside the
+              closed-form log-likelihood of <dataset>-nif<k> when the registry
+              ships it (same images and dequantisation draws)
   fd          Fréchet distance on the dataset classifier's features at s = 1
   s_sweep     FD(s) and bits/dim(s) over --scales, s chosen on a train
               subsample, FD reported on test (sweep.png)
@@ -37,7 +41,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-EVALS = ("bpd", "fd", "s_sweep", "fid", "figures", "embeddings")
+EVALS = ("bpd", "iw_bound", "fd", "s_sweep", "fid", "figures", "embeddings")
 DEFAULT_EVALS = "bpd,s_sweep,figures,embeddings"
 
 _MODEL = flags.DEFINE_string("model", None, "Registry name or training workdir.")
@@ -54,6 +58,8 @@ _SCALES = flags.DEFINE_list("scales", None,
                             "Noise scales of the sweep (default linspace(0, 1.2, 15)).")
 _BPD_DRAWS = flags.DEFINE_integer("bpd_draws", 4, "Dequantisation draws per image.")
 _IW = flags.DEFINE_integer("iw_samples", None, "Deep NIF: N of the IW bound.")
+_IW_CURVE = flags.DEFINE_list("iw_curve", ["1", "4", "16", "64", "256"],
+                              "Deep NIF: the N of --evals=iw_bound.")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Global evaluation batch.")
 _SEED = flags.DEFINE_integer("seed", 0, "Fixes every random draw.")
 _CLASSIFIER = flags.DEFINE_string(
@@ -92,7 +98,7 @@ def load_feature_fn(model, classifier_dir: str | None):
 def evaluate(model_name: str, evals, outdir: str, *, registry=None,
              num_samples: int = 1000, tune_size: int | None = None,
              scales=None, bpd_draws: int = 4, iw_samples: int | None = None,
-             batch_size: int = 256, seed: int = 0,
+             iw_curve=(1, 4, 16, 64, 256), batch_size: int = 256, seed: int = 0,
              classifier_dir: str | None = None,
              inception_weights: str | None = None,
              write_metrics: str | None = None, command: str = "",
@@ -143,7 +149,18 @@ def evaluate(model_name: str, evals, outdir: str, *, registry=None,
                         num_samples=iw_samples, mesh=mesh, progress=progress)
     results["bpd"] = r
     metrics.update(zoo.eval_metrics(r, command))
-    log(f"test bits/dim {r['bits_per_dim']:.4f} ({r['num_images']} images)")
+    log(f"test bits/dim {r['bits_per_dim']:.4f} ({r['num_images']} images"
+        + (f", IW bound N = {r['num_samples']})" if r["num_samples"] else ")"))
+  if "iw_bound" in evals:
+    r = iw_bound_metrics(model, name, iw_curve, command, registry=registry,
+                         batch_size=batch_size, num_draws=bpd_draws,
+                         key=jax.random.fold_in(key, 1), mesh=mesh)
+    results["iw_bound"] = r
+    metrics[IW_METRIC] = r
+    log("test IW bound, bits/dim by N: " + ", ".join(
+        f"{n}: {b:.4f}" for n, b in zip(r["num_samples"], r["bits_per_dim_by_n"]))
+        + (f" (closed-form {r['closed_form']['model']}: "
+           f"{r['closed_form']['bits_per_dim']:.4f})" if r["closed_form"] else ""))
 
   feature_fn = None
   if {"fd", "s_sweep"} & set(evals):
@@ -239,6 +256,41 @@ def evaluate(model_name: str, evals, outdir: str, *, registry=None,
   return out
 
 
+IW_METRIC = "test_iw_bound_bits_per_dim"
+
+
+def iw_bound_metrics(model, name: str, num_samples, command: str, *,
+                     registry=None, **kwargs) -> dict:
+  """The registry metric of a deep NIF's bound against N (``bpd.iw_bound_curve``,
+  ``kwargs`` as there): value = bits/dim at the largest N, the curve, and the
+  exact bits/dim of the NIF-k with the same k (``<dataset>-nif<k>``) on the
+  same images and dequantisation draws, when the registry ships that model."""
+  from nifzoo import registry as registry_lib  # pylint: disable=g-import-not-at-top
+  from nifzoo import zoo  # pylint: disable=g-import-not-at-top
+  from nifzoo.evaluate import bpd as bpd_lib  # pylint: disable=g-import-not-at-top
+  cfg = model.config
+  curve = bpd_lib.iw_bound_curve(model, cfg.data, "test",
+                                 num_samples=[int(n) for n in num_samples], **kwargs)
+  ref_name = f"{cfg.dataset}-nif{cfg.model.latent_dim}"
+  closed_form = None
+  if ref_name in registry_lib.names(registry=registry) and registry_lib.find(
+      ref_name, registry).checkpoint is not None:
+    ref = zoo.load(ref_name, registry=registry,
+                   mesh=kwargs.get("mesh"))
+    r = bpd_lib.bits_per_dim(ref, ref.config.data, "test", **kwargs)
+    closed_form = {"model": ref_name, "bits_per_dim": round(r["bits_per_dim"], 5),
+                   "what": "exact NIF-k log-likelihood (Eq. 13), same images "
+                           "and dequantisation draws"}
+  bpd = curve["bits_per_dim"]
+  return {"value": round(bpd[-1], 5), "command": command,
+          "num_samples": curve["num_samples"],
+          "bits_per_dim_by_n": [round(b, 5) for b in bpd],
+          "decrease_by_n": [round(d, 5) for d in curve["decrease"]],
+          "closed_form": closed_form,
+          **{k: curve[k] for k in ("split", "num_images", "num_draws",
+                                   "noise_scale")}}
+
+
 def _jsonable(v):
   import numpy as np  # pylint: disable=g-import-not-at-top
   if isinstance(v, (np.floating, np.integer)):
@@ -261,7 +313,8 @@ def main(argv):
   out = evaluate(
       _MODEL.value, _EVALS.value, _OUTDIR.value, registry=_REGISTRY.value,
       num_samples=_NUM_SAMPLES.value, tune_size=_TUNE_SIZE.value, scales=scales,
-      bpd_draws=_BPD_DRAWS.value, iw_samples=_IW.value, batch_size=_BATCH.value,
+      bpd_draws=_BPD_DRAWS.value, iw_samples=_IW.value,
+      iw_curve=[int(n) for n in _IW_CURVE.value], batch_size=_BATCH.value,
       seed=_SEED.value, classifier_dir=_CLASSIFIER.value,
       inception_weights=_INCEPTION.value, write_metrics=_WRITE.value,
       embedding_method=_EMBEDDING.value,

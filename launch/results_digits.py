@@ -39,6 +39,9 @@ evaluate_launcher = _evaluate_launcher()
 
 NF = "digits-nf"
 NIFS = ("digits-nif4", "digits-nif8", "digits-nif16", "digits-nif32")
+# Evaluated too (bits/dim from the IW bound at its training N) when the
+# registry ships them and --models is not given.
+DEEP_NIFS = ("digits-deepnif8", "digits-deepnif16")
 
 _DOCS = flags.DEFINE_string("docs", os.path.join(ROOT, "docs"),
                             "Where results-digits.md and figures/ go.")
@@ -241,7 +244,11 @@ def main(argv):
   figdir = os.path.join(_DOCS.value, "figures")
   os.makedirs(figdir, exist_ok=True)
   mesh = mesh_lib.make_mesh()
-  names = _MODELS.value
+  names = list(_MODELS.value)
+  if not FLAGS["models"].present:
+    from nifzoo import registry as registry_lib  # pylint: disable=g-import-not-at-top
+    shipped = registry_lib.names(registry=FLAGS.registry)
+    names += [n for n in DEEP_NIFS if n in shipped]
   if names[0] != NF or _FIGURE_NIF.value not in names:
     raise app.UsageError(f"--models must start with {NF} and include --figure_nif.")
   results, loaded = {}, {}

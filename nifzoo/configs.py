@@ -29,7 +29,7 @@ MODELS = {
     "fmnist": ("nf", "nif64", "nif128", "nif256", "nif512"),
     "cifar10": ("nf", "nif64", "nif128", "nif256", "nif512"),
     "celeba": ("nf", "nif64", "nif128", "nif256", "nif512", "deepnif128"),
-    "digits": ("nf", "nif4", "nif8", "nif16", "nif32"),
+    "digits": ("nf", "nif4", "nif8", "nif16", "nif32", "deepnif8", "deepnif16"),
 }
 
 _MODEL_RE = re.compile(r"^(nf|nif(\d+)|deepnif(\d+))$")
@@ -176,6 +176,14 @@ def build_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigD
     c.sample_every = 500
     c.eval_batches = 4
     c.eval_num_draws = 4
+    if kind == "deepnif":
+      # The deep NIF on digits: the same Glow as digits-nif<k> (not the
+      # paper's 512 channels), and a low-dim flow sized for k = 8 or 16
+      # (4 x [coupling with a 2-hidden-layer, 64-unit MLP -> ActNorm ->
+      # reverse]), trained with the N = 16 bound as in the paper.
+      m.lowdim_layers = 4
+      m.lowdim_hidden = 64
+      m.lowdim_depth = 2
 
   for p in parts[1:]:
     _apply_override(c, p)

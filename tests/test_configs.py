@@ -106,7 +106,8 @@ def test_unknown_names_suggest_close_matches():
     configs.get_config("digits-nif16,huge")
   assert "celeba-deepnif128" in configs.names("celeba-*")
   assert configs.names("digits-*") == [
-      "digits-nf", "digits-nif4", "digits-nif8", "digits-nif16", "digits-nif32"]
+      "digits-nf", "digits-nif4", "digits-nif8", "digits-nif16", "digits-nif32",
+      "digits-deepnif8", "digits-deepnif16"]
 
 
 def test_importing_configs_does_not_import_jax():

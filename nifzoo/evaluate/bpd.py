@@ -102,9 +102,13 @@ def bits_per_dim(model, data_config, split: str = "test", *,
 
   Returns:
     ``{"bits_per_dim", "std_bits_per_dim" (over images), "num_images",
-    "num_draws", "noise_scale", "split", "num_samples"}``.
+    "num_draws", "noise_scale", "split", "num_samples"}``; ``num_samples`` is
+    the N the deep NIF's bound used (None for the exact NF and NIF-k).
   """
   num_draws = checks.check_positive_int(num_draws, "num_draws")
+  if model.prior == "deepnif":
+    num_samples = checks.check_positive_int(
+        model.num_iw_samples if num_samples is None else num_samples, "num_samples")
   checks.check_noise_scale(noise_scale)
   if model.prior != "normal" and float(noise_scale) == 0.0:
     raise ValueError("bits/dim needs noise_scale > 0: at s = 0 a NIF is the "
@@ -155,6 +159,39 @@ def bits_per_dim(model, data_config, split: str = "test", *,
           "num_images": count, "num_draws": num_draws,
           "noise_scale": float(noise_scale), "split": split,
           "num_samples": num_samples}
+
+
+IW_SAMPLES = (1, 4, 16, 64, 256)
+
+
+def iw_bound_curve(model, data_config, split: str = "test", *,
+                   num_samples: Sequence[int] = IW_SAMPLES, **kwargs) -> dict:
+  """The deep NIF's importance-weighted bound (docs/math.md §1.7) against N.
+
+  ``bits_per_dim`` at each N in ``num_samples`` with the same ``key`` (so the
+  same images and dequantisation draws), ``kwargs`` as there. The bound
+  log p̂_N is non-decreasing in N in expectation, so bits/dim falls with N
+  and flattens as it nears -log p(x) / (D ln 2).
+
+  Returns ``{"num_samples": [N...], "bits_per_dim": [...], "decrease": [bpd(N_i)
+  - bpd(N_{i+1})...], "std_bits_per_dim", "num_images", "num_draws",
+  "noise_scale", "split"}``.
+  """
+  if model.prior != "deepnif":
+    raise ValueError(f"iw_bound_curve needs a deep NIF (its likelihood is a "
+                     f"bound); this model's prior is {model.prior!r}, whose "
+                     "log-likelihood is exact: use bits_per_dim.")
+  ns = [checks.check_positive_int(n, "num_samples") for n in num_samples]
+  if not ns or ns != sorted(set(ns)):
+    raise ValueError(f"num_samples must be increasing and non-empty, got {ns}.")
+  runs = [bits_per_dim(model, data_config, split, num_samples=n, **kwargs)
+          for n in ns]
+  bpd = [r["bits_per_dim"] for r in runs]
+  return {"num_samples": ns, "bits_per_dim": bpd,
+          "decrease": [a - b for a, b in zip(bpd, bpd[1:])],
+          "std_bits_per_dim": [r["std_bits_per_dim"] for r in runs],
+          **{k: runs[0][k] for k in ("num_images", "num_draws", "noise_scale",
+                                     "split")}}
 
 
 def _split_size(data_config, split, indices, max_images) -> int:

@@ -9,7 +9,8 @@ the PNG. Model calls are jitted (op by op, a Glow takes seconds).
 - ``samples_at``: samples at s = 0 (on the manifold) and s = 1 (Fig. 5).
 - ``reconstructions``: x and decode(encode(x)) at s = 0.
 - ``interpolations``: z_t = (1 − t) z_a + t z_b, *every* step decoded (the
-  authors' version decoded only the end points).
+  authors' version decoded only the end points). Deep NIF: z = μ(x), the NIF
+  latent of its ``encode``.
 - ``embedding_2d`` / ``save_embeddings``: supervised UMAP of the test set's
   embeddings (Fig. 4); without umap-learn, PCA, and the figure says so.
 """
@@ -25,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from nifzoo import images as images_lib
+from nifzoo import models
 
 
 @functools.partial(nnx.jit, static_argnames=("n", "output"))
@@ -40,7 +42,12 @@ def _decode(model, z, key, noise_scale):
 
 @nnx.jit
 def _encode(model, x):
-  return model.encode(x)
+  return models.nif_latent(model.encode(x))  # Deep NIF: mu(x), what decode takes.
+
+
+@functools.partial(nnx.jit, static_argnames=("n",))
+def _sample_latent(model, key, n, temperature):
+  return model.sample_latent(key, n, temperature=temperature)
 
 
 def _floats(model, x):
@@ -62,7 +69,7 @@ def noise_strip(model, scales=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2), *,
   """(n, len(scales), H, W, C): latent i decoded at every s with one noise draw."""
   key = jax.random.key(0) if key is None else key
   z_key, eps_key = jax.random.split(key)
-  z = temperature * jax.random.normal(z_key, (n, model.latent_dim))
+  z = _sample_latent(model, z_key, n, jnp.float32(temperature))
   cols = [_floats(model, _decode(model, z, eps_key, jnp.float32(s)))
           for s in scales]
   return np.stack(cols, axis=1)

@@ -1,7 +1,7 @@
 """Embeddings of a split and a linear probe on them (the number behind paper Fig. 4).
 
-The NF's embedding is its flow latent v(x) ∈ ℝᴰ; a NIF's is the stochastic
-inverse's mean μ(x) ∈ ℝᵏ (docs/math.md §1.2), both with the dequantisation at
+The NF's embedding is its flow latent v(x) ∈ ℝᴰ; a NIF's (NIF-k and deep NIF)
+is the stochastic inverse's mean μ(x) ∈ ℝᵏ (docs/math.md §1.2), both with the dequantisation at
 the bin centre. A linear probe — multinomial logistic regression on standardised
 embeddings, fitted on the train split, scored on the test split — measures how
 linearly the classes separate in each embedding.
@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from nifzoo import mesh as mesh_lib
+from nifzoo import models
 from nifzoo.evaluate import bpd as bpd_lib
 
 
@@ -33,7 +34,7 @@ def embeddings(model, data_config, split: str = "test", *,
 
   @functools.partial(jax.jit, out_shardings=mesh_lib.replicated(mesh))
   def encode(state, images):
-    return nnx.merge(graphdef, state).encode(images, kind=kind)
+    return models.nif_latent(nnx.merge(graphdef, state).encode(images, kind=kind))
 
   embs, labels = [], []
   for x, y, mask in bpd_lib.eval_batches(data_config, split, batch_size,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +46,26 @@ OUTPUTS = ("levels", "continuous")
 
 def check_output(output: str) -> str:
   return checks.check_choice(output, "output", OUTPUTS)
+
+
+class DeepNIFEncoding(NamedTuple):
+  """What the deep NIF's ``encode`` returns (docs/math.md §4.2), a pytree.
+
+  Attributes:
+    mu: (B, k) the NIF latent, the stochastic inverse's mean μ(x) (§1.2):
+      the paper's embedding, and what ``decode`` maps back to images.
+    eps: (B, k) the low-dimensional flow's base latent, ``eps = f(μ(x))``
+      (``lowdim.forward``): N(0, I) under the prior, the space where
+      ``sample``'s temperature acts; ``lowdim.inverse(eps)`` gives ``mu`` back.
+  """
+  mu: jax.Array
+  eps: jax.Array
+
+
+def nif_latent(code):
+  """The (B, k) latent ``decode`` takes, from what any model's ``encode`` returned:
+  the array itself (NF, NIF-k), ``code.mu`` for a :class:`DeepNIFEncoding`."""
+  return code.mu if isinstance(code, DeepNIFEncoding) else code
 
 
 class ImageFlow(nnx.Module):
@@ -188,12 +209,26 @@ class ImageFlow(nnx.Module):
     ``kind="stochastic_inverse"`` is the paper's embedding mu(x) (independent
     of s); ``"posterior"`` the posterior mean under N(0, I) with Sigma -> s^2
     Sigma (the authors' code, s = 1).
+
+    Deep NIF: a :class:`DeepNIFEncoding` ``(mu, eps)``, the NIF latent mu(x)
+    (B, k) and the low-dim flow's base latent eps = f(mu(x)) (B, k);
+    ``decode`` accepts it as it is (``nif_latent`` picks ``mu``). Only
+    ``kind="stochastic_inverse"``: under the flow prior the posterior has no
+    closed form.
     """
     checks.check_choice(kind, "kind", ENCODINGS)
     self._check_images(x)
     v, _ = self.flow_latent(x)
     if self.prior == "normal":
       return v
+    if self.prior == "deepnif":
+      if kind != "stochastic_inverse":
+        raise ValueError(
+            f"kind={kind!r}: the deep NIF's prior is its low-dimensional flow, "
+            "whose posterior has no closed form; use kind='stochastic_inverse' "
+            "(returns mu(x) and the flow's base latent).")
+      mu = self.nif.stochastic_inverse(v)[0]
+      return DeepNIFEncoding(mu, self.lowdim.forward(mu)[0])
     if kind == "posterior":
       return self.nif.posterior(v, noise_scale=noise_scale)[0]
     return self.nif.stochastic_inverse(v)[0]
@@ -202,9 +237,13 @@ class ImageFlow(nnx.Module):
              output: str = "levels"):
     """Latents (B, k) -> images; s = 0 (or no key) lands on the manifold.
 
-    ``output``: "levels" (integers in [0, L)) or "continuous" (floats in [0, 1]).
-    The NF has no noise: ``key``, ``noise_scale`` and ``noise`` are unused.
+    ``z``: the NIF latent (B, k) (NF: the (B, D) flow latent), or what
+    ``encode`` returned (a deep NIF's :class:`DeepNIFEncoding` decodes its
+    ``mu``). ``output``: "levels" (integers in [0, L)) or "continuous"
+    (floats in [0, 1]). The NF has no noise: ``key``, ``noise_scale`` and
+    ``noise`` are unused.
     """
+    z = nif_latent(z)
     if self.prior == "normal":
       return self.flow_inverse(self._check_latent(z), output)
     v = self.nif.decode(z, key=key, noise_scale=noise_scale,
@@ -217,24 +256,34 @@ class ImageFlow(nnx.Module):
     return self.decode(self.encode(x, kind=kind), key=key,
                        noise_scale=noise_scale, noise=noise, output=output)
 
+  def sample_latent(self, key, n: int, *, temperature=1.0):
+    """n latents (n, k) from the prior at temperature T, what ``decode`` takes.
+
+    NF and NIF-k: z = T eps (NF: k = D). Deep NIF: z = f^{-1}(T eps), the
+    temperature scales the low-dim flow's base latent eps ~ N(0, I_k), as the
+    authors' temperature figure did (docs/math.md §2, §4.2).
+    """
+    n = checks.check_positive_int(n, "n")
+    t = checks.check_noise_scale(temperature, "temperature")
+    if self.prior == "deepnif":
+      return self.lowdim.sample(key, n, temperature=t)
+    return t * jax.random.normal(key, (n, self.latent_dim))
+
   def sample(self, key, n: int, *, temperature=1.0, noise_scale=1.0,
              noise=None, output: str = "levels"):
-    """n images (n, H, W, C): z ~ N(0, T^2 I), x = A z + b + s noise.
+    """n images (n, H, W, C): z = ``sample_latent`` (z ~ N(0, T^2 I) for NIF-k;
+    deep NIF: T on the low-dim flow's base latent), x = A z + b + s noise.
 
     ``noise`` is "learned" (s Sigma^1/2 eps) or "isotropic" (s eps, the
     authors' sampler); default: the model's ``sample_noise``. ``output``:
     "levels" (integers in [0, L)) or "continuous" (floats in [0, 1], the
     flow's output before flooring; FID scores these).
     """
-    n = checks.check_positive_int(n, "n")
-    t = checks.check_noise_scale(temperature, "temperature")
     if self.prior == "normal":
-      return self.flow_inverse(t * jax.random.normal(key, (n, self.dim)), output)
+      return self.flow_inverse(
+          self.sample_latent(key, n, temperature=temperature), output)
     z_key, x_key = jax.random.split(key)
-    if self.prior == "nif":
-      z = t * jax.random.normal(z_key, (n, self.latent_dim))
-    else:
-      z = self.lowdim.sample(z_key, n, temperature=t)
+    z = self.sample_latent(z_key, n, temperature=temperature)
     return self.decode(z, key=x_key, noise_scale=noise_scale, noise=noise,
                        output=output)
 
