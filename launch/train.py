@@ -67,7 +67,12 @@ def main(argv):
       (True if kwargs else None), **kwargs)
   logging.info("Config:\n%s", _CONFIG.value)
   t0 = time.time()
-  result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except loop.STOP_ERRORS as e:  # Said once, without a traceback.
+    logging.error("%s", e)
+    # 128 + 15: the shell's code for SIGTERM, which job schedulers recognise.
+    sys.exit(143 if isinstance(e, loop.Preempted) else 1)
   wall = time.time() - t0
   logging.info("Done in %.0f s: %s", wall, result)
   if _REGISTER.value and jax.process_index() == 0:

@@ -153,6 +153,8 @@ def build_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigD
   c.sample_every = 5_000
   c.num_sample_images = 64
   c.on_nonfinite = "skip"           # "skip" the step, or "stop" the run.
+  # Skipped steps in a row that mean divergence: the run stops (non-zero exit).
+  c.max_consecutive_skips = 10
   # Start a fresh run from another workdir's variables (a converted NF from
   # launch/convert.py, or a trained run) instead of random init + ActNorm init.
   c.init_from = ml_collections.config_dict.placeholder(str)

@@ -6,10 +6,19 @@ state, step, raw RNG key data); ``data`` is the grain iterator state of each
 process (grain's Orbax handler: ``process_{i}-of-{n}.json``). Restores always go against an abstract target that carries the
 shardings we want (never the saved ones), so a checkpoint written on a pod
 restores on one CPU and vice versa.
+
+Integrity: once a save has finalized, ``<step>/checksums.json`` records the
+sha256 of every file of its items; :func:`restore` verifies it and refuses a
+state that is not finite. :func:`restore_newest_intact` falls back past a
+damaged checkpoint, moving it (never deleting it) into ``<workdir>/damaged/``.
+A state that is not finite is never saved.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import os
 import shutil
 
@@ -17,18 +26,28 @@ import grain
 import jax
 import numpy as np
 from flax import nnx
+from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from nifzoo import data as data_lib
+from nifzoo.train import step as step_lib
 
 
 CONFIG_FILE = "config.json"  # The run's config, beside checkpoints/ (for zoo.load).
 VARIABLES_DIR = "variables"  # A variables-only checkpoint in a workdir (converted models).
+CHECKSUMS_FILE = "checksums.json"  # sha256 of a step's item files, written after finalizing.
+DAMAGED_DIR = "damaged"  # Where refused checkpoints are moved, beside checkpoints/.
+_ITEMS = ("state", "data")
 
 
 class CheckpointError(RuntimeError):
-  """A checkpoint that exists but cannot be read."""
+  """A checkpoint that exists but cannot be read (or fails its integrity checks)."""
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint save failed (a full disk, a lost bucket): the run must stop."""
 
 
 def manager(workdir: str, *, max_to_keep: int = 3) -> ocp.CheckpointManager:
@@ -40,11 +59,109 @@ def manager(workdir: str, *, max_to_keep: int = 3) -> ocp.CheckpointManager:
                                item_names=("state", "data"))
 
 
+_all_finite = jax.jit(step_lib.all_finite)
+
+
+def is_finite(tree) -> bool:
+  """``step.all_finite`` as a Python bool (replicated arrays on any mesh)."""
+  return bool(np.asarray(jax.device_get(_all_finite(tree))))
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state, data_iter) -> None:
-  """Saves ``state`` and the data iterator at ``step`` (asynchronously)."""
-  mngr.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data=grain.checkpoint.CheckpointSave(data_iter)))
+  """Saves ``state`` and the data iterator at ``step`` (asynchronously).
+
+  Waits for the previous save first (:func:`finish`). Refuses (ValueError) a
+  state with a NaN or inf: it would poison every resume.
+  """
+  if not is_finite(state):
+    raise ValueError(f"Refusing to save the state of step {step}: it holds "
+                     "NaN or inf values.")
+  finish(mngr)
+  try:
+    mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(data_iter)))
+  except Exception as e:  # A synchronous part of the save failed.
+    raise _save_error(mngr, step, e) from e
+  mngr.pending_step = step  # For finish()'s message.
+
+
+def finish(mngr: ocp.CheckpointManager) -> None:
+  """Waits for the in-flight save, then writes the checksums of every
+  finalized step that lacks them (process 0).
+
+  A failed save raises :class:`CheckpointSaveError` naming its step.
+  """
+  try:
+    mngr.wait_until_finished()
+    mngr.check_for_errors()
+  except Exception as e:
+    raise _save_error(mngr, getattr(mngr, "pending_step", None), e) from e
+  mngr.pending_step = None
+  if jax.process_index() == 0:
+    for step in mngr.all_steps():
+      step_dir = epath.Path(mngr.directory) / str(step)
+      if not (step_dir / CHECKSUMS_FILE).exists():
+        (step_dir / CHECKSUMS_FILE).write_text(json.dumps(
+            {"sha256": _checksums(step_dir)}, indent=1, sort_keys=True))
+
+
+def check_save(mngr: ocp.CheckpointManager) -> None:
+  """Raises :class:`CheckpointSaveError` now if the in-flight save has failed
+  (cheap: does not wait for it)."""
+  try:
+    mngr.check_for_errors()
+  except Exception as e:
+    raise _save_error(mngr, getattr(mngr, "pending_step", None), e) from e
+
+
+def _save_error(mngr, step, e) -> CheckpointSaveError:
+  full = isinstance(e, OSError) and e.errno == errno.ENOSPC
+  return CheckpointSaveError(
+      f"Saving the checkpoint of step {step} into {mngr.directory} failed"
+      f"{' (the disk is full)' if full else ''}: {type(e).__name__}: {e}. "
+      f"Stopped; the earlier checkpoints {sorted(mngr.all_steps())} are "
+      "untouched. Free space (or fix the storage) and rerun the same command "
+      "to resume.")
+
+
+def _checksums(step_dir: epath.Path) -> dict[str, str]:
+  """{relative path: sha256} of every file of the step's items."""
+  out = {}
+  for item in _ITEMS:
+    root = step_dir / item
+    if not root.exists():
+      continue
+    todo = [root]
+    while todo:
+      for p in todo.pop().iterdir():
+        if p.is_dir():
+          todo.append(p)
+        else:
+          out[str(p.relative_to(step_dir))] = hashlib.sha256(
+              p.read_bytes()).hexdigest()
+  return out
+
+
+def verify_checksums(step_dir) -> bool:
+  """Checks ``step_dir`` against its ``checksums.json``: raises
+  :class:`CheckpointError` naming the first damaged or missing file; False
+  when there is no ``checksums.json`` (the run stopped before writing it)."""
+  step_dir = epath.Path(step_dir)
+  manifest = step_dir / CHECKSUMS_FILE
+  if not manifest.exists():
+    return False
+  try:
+    want = json.loads(manifest.read_text())["sha256"]
+  except (ValueError, KeyError) as e:
+    raise CheckpointError(f"{manifest} is unreadable ({e}).") from e
+  got = _checksums(step_dir)
+  for name, digest in sorted(want.items()):
+    if got.get(name) != digest:
+      what = "is missing" if name not in got else "does not match its checksum"
+      raise CheckpointError(f"The checkpoint at {step_dir} is damaged: {name} "
+                            f"{what} (recorded in {CHECKSUMS_FILE}).")
+  return True
 
 
 def abstract_like(state, sharding):
@@ -62,16 +179,62 @@ def restore(mngr: ocp.CheckpointManager, step: int, target, data_iter):
   """
   path = os.path.join(str(mngr.directory), str(step))
   data_lib.check_iterator_processes(os.path.join(path, "data"))
+  if not verify_checksums(path):
+    logging.warning("The checkpoint at %s has no %s (the run stopped before "
+                    "writing it): restoring it unverified.", path, CHECKSUMS_FILE)
   try:
     restored = mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target),
         data=grain.checkpoint.CheckpointRestore(data_iter)))
   except Exception as e:  # Orbax raises many types for a damaged directory.
     raise CheckpointError(
-        f"Could not restore the checkpoint at {path}: {type(e).__name__}: {e}. "
-        "It was left in place; move it aside to resume from an earlier step."
+        f"Could not restore the checkpoint at {path}: {type(e).__name__}: {e}."
     ) from e
+  if not is_finite(restored["state"]):
+    raise CheckpointError(f"The checkpoint at {path} holds NaN or inf values.")
   return restored["state"]
+
+
+def restore_newest_intact(mngr: ocp.CheckpointManager, target, data_iter):
+  """``(step, state)`` of the newest checkpoint that passes :func:`restore`'s
+  checks, or ``(None, None)`` when there is none.
+
+  Each refused checkpoint is reported with a warning and moved to
+  ``<workdir>/damaged/<step>`` (kept, never deleted, and out of the way of
+  rotation and of the step being saved again). When every checkpoint is
+  refused, raises :class:`CheckpointError` listing them.
+  """
+  steps = sorted(mngr.all_steps(), reverse=True)
+  errors = []
+  for step in steps:
+    try:
+      return step, restore(mngr, step, target, data_iter)
+    except CheckpointError as e:
+      errors.append(str(e))
+      moved = _move_aside(mngr, step)
+      logging.warning("%s Moved it to %s; trying the previous checkpoint.",
+                      e, moved)
+  if errors:
+    raise CheckpointError(
+        "No checkpoint in the workdir could be restored (each was moved to "
+        f"{DAMAGED_DIR}/):\n  " + "\n  ".join(errors))
+  return None, None
+
+
+def _move_aside(mngr: ocp.CheckpointManager, step: int) -> str:
+  src = epath.Path(mngr.directory) / str(step)
+  root = epath.Path(mngr.directory).parent / DAMAGED_DIR
+  dst, i = root / str(step), 0
+  while dst.exists():
+    i += 1
+    dst = root / f"{step}.{i}"
+  if jax.process_index() == 0:
+    root.mkdir(parents=True, exist_ok=True)
+    src.rename(dst)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"nifzoo_move_aside_{step}")
+  mngr.reload()
+  return str(dst)
 
 
 # ------------------------------------------------- variables-only checkpoints

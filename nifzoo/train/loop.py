@@ -10,6 +10,8 @@ import json
 import logging as py_logging
 import math
 import os
+import signal
+import threading
 import time
 
 import jax
@@ -32,6 +34,82 @@ from nifzoo.train import writers as writers_lib
 
 class NonFiniteLossError(FloatingPointError):
   """Raised when a step's loss or gradient is not finite and the config says stop."""
+
+
+class DivergedError(NonFiniteLossError):
+  """Raised after ``config.max_consecutive_skips`` non-finite steps in a row."""
+
+
+class Preempted(Exception):
+  """SIGTERM (a preemption notice) stopped the run after saving its state."""
+
+
+class ConfigError(ValueError):
+  """A config that cannot train (or cannot resume the workdir's run)."""
+
+
+# Errors the launcher reports as one message (no traceback) and a non-zero exit.
+STOP_ERRORS = (NonFiniteLossError, Preempted, ConfigError,
+               ckpt_lib.CheckpointError, ckpt_lib.CheckpointSaveError)
+
+# Fields a resumed run may change: how long and how often, the optimiser's
+# hyperparameters (to recover from a divergence), where the data lives. Any
+# other change (model, data, batch, seed) is refused: the checkpoints hold a
+# different run.
+RESUMABLE_FIELDS = (
+    "total_steps", "learning_rate", "warmup_steps", "grad_clip",
+    "checkpoint_every", "keep_checkpoints", "log_every", "sample_every",
+    "num_sample_images", "eval_batches", "eval_num_draws", "on_nonfinite",
+    "max_consecutive_skips", "init_from", "data.data_dir")
+
+
+def check_config(config, workdir) -> None:
+  """Validates the training fields of ``config`` and ``workdir`` before any
+  work; raises :class:`ConfigError` naming the field."""
+  if not isinstance(workdir, (str, os.PathLike)) or not str(workdir).strip():
+    raise ConfigError(f"workdir must be a non-empty path, got {workdir!r}.")
+  for name, low in (("total_steps", 0), ("batch_size", 1), ("warmup_steps", 0),
+                    ("checkpoint_every", 1), ("keep_checkpoints", 1),
+                    ("log_every", 1), ("sample_every", 1),
+                    ("num_sample_images", 1), ("eval_batches", 1),
+                    ("eval_num_draws", 1), ("max_consecutive_skips", 1)):
+    v = config.get(name, low)
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+      raise ConfigError(f"config.{name} must be an integer >= {low}, got {v!r}.")
+  for name, positive in (("learning_rate", False), ("grad_clip", True)):
+    v = config[name]
+    if (isinstance(v, bool) or not isinstance(v, (int, float)) or
+        not math.isfinite(v) or v < 0 or (positive and v == 0)):
+      raise ConfigError(f"config.{name} must be a finite number "
+                        f"{'> 0' if positive else '>= 0'}, got {v!r}.")
+  if config.on_nonfinite not in ("skip", "stop"):
+    raise ConfigError(
+        f"config.on_nonfinite must be 'skip' or 'stop', got {config.on_nonfinite!r}.")
+
+
+def _flat_json(config) -> dict:
+  return traverse_util.flatten_dict(json.loads(config.to_json_best_effort()),
+                                    sep=".")
+
+
+def check_resume_config(workdir, config) -> None:
+  """Refuses to resume ``workdir`` with a config whose fields outside
+  :data:`RESUMABLE_FIELDS` differ from its recorded ``config.json``."""
+  path = epath.Path(workdir) / ckpt_lib.CONFIG_FILE
+  if not path.exists():
+    return
+  saved = traverse_util.flatten_dict(json.loads(path.read_text()), sep=".")
+  now = _flat_json(config)
+  # Fields the workdir's config lacks were added to the code after it was written.
+  diff = [f"{k}: workdir {saved[k]!r}, now {now.get(k)!r}" for k in sorted(saved)
+          if k not in RESUMABLE_FIELDS and saved[k] != now.get(k)]
+  if diff:
+    raise ConfigError(
+        f"{workdir} holds checkpoints of a run with a different config "
+        f"({path}): {'; '.join(diff)}. Resuming would load them into another "
+        "model or data. Use a new --workdir for this config, or pass the "
+        "recorded values; on resume only these may change: "
+        f"{', '.join(RESUMABLE_FIELDS)}.")
 
 
 def create_state(config, mesh):
@@ -109,10 +187,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   Returns the final metrics (train bits/dim averaged since the last log, test
   bits/dim, number of skipped non-finite steps).
   """
+  check_config(config, workdir)
   config = data_lib.finalize(config)
-  if config.on_nonfinite not in ("skip", "stop"):
-    raise ValueError(
-        f"on_nonfinite must be 'skip' or 'stop', got {config.on_nonfinite!r}.")
+  if ckpt_lib.latest_step(workdir) is not None:
+    check_resume_config(workdir, config)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   is_chief = jax.process_index() == 0
   if is_chief:  # What nifzoo.zoo.load(workdir) rebuilds the model from.
@@ -130,10 +208,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   graphdef, tx, state = create_state(config, mesh)
 
   mngr = ckpt_lib.manager(workdir, max_to_keep=config.keep_checkpoints)
-  start = mngr.latest_step()
+  start, restored = ckpt_lib.restore_newest_intact(
+      mngr, ckpt_lib.abstract_like(state, mesh_lib.replicated(mesh)), train_iter)
   if start is not None:
-    target = ckpt_lib.abstract_like(state, mesh_lib.replicated(mesh))
-    state = ckpt_lib.restore(mngr, start, target, train_iter)
+    state = restored
     logging.info("Resumed from %s at step %d.", mngr.directory, start)
   else:
     start = 0
@@ -146,6 +224,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
           seed=config.seed + 1, shuffle=True, repeat=True))
       init_batch = mesh_lib.global_batch(mesh, next(init_iter)["image"])
       state = initialize_actnorms(graphdef, state, init_batch, mesh)
+      if not ckpt_lib.is_finite(state):
+        raise FloatingPointError(
+            "The data-dependent ActNorm initialisation gave NaN or inf "
+            "parameters (a constant or corrupted first batch?).")
       logging.info("Initialised every ActNorm from one batch of %d images.",
                    config.batch_size)
 
@@ -175,82 +257,155 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   def evaluate(step):
     """Test bits/dim: the first eval_batches batches of the test split at
-    intermediate checkpoints, every test image (once) at the end."""
+    intermediate checkpoints, every test image (once) at the end; ``step``
+    None: the intermediate evaluation, not logged."""
     final = step == config.total_steps
     result = evaluate_lib.bits_per_dim(
         nnx.merge(graphdef, state.params, state.rest), config.data, "test",
         batch_size=config.batch_size, key=jax.random.key(config.seed + 3),
         num_draws=config.eval_num_draws, mesh=mesh,
         max_images=None if final else config.eval_batches * config.batch_size)
-    writer.write_scalars(step, {"test_bits_per_dim": result["bits_per_dim"]})
+    if step is not None:
+      writer.write_scalars(step, {"test_bits_per_dim": result["bits_per_dim"]})
     if final:
       final_eval.update(result)
     return result["bits_per_dim"]
 
-  sums, count, skipped, last = {}, 0, 0, {}
+  def save(step, test_bpd):
+    """Saves ``state`` unless its test bits/dim is not finite (a state that
+    evaluates to NaN would poison every resume and rotate good ones out)."""
+    if not math.isfinite(test_bpd):
+      logging.warning(
+          "Not saving step %d: its test bits/dim is %s. The newest good "
+          "checkpoint stays step %s.", step, test_bpd, mngr.latest_step())
+      return False
+    ckpt_lib.save(mngr, step, state, train_iter)
+    return True
+
+  max_skips = config.get("max_consecutive_skips", 10)
+  sums, count, skipped, in_a_row, last = {}, 0, 0, 0, {}
   iter_state = None
   step = start
   saved_step = start if start else None
+  stop_error = None
   logging.info("Training %s for %d steps (batch %d on %d devices, %d processes).",
                config.name, config.total_steps, config.batch_size,
                jax.device_count(), jax.process_count())
-  try:
-    while step < config.total_steps:
-      # The iterator position that matches `state`, for an exit checkpoint
-      # taken between fetching a batch and finishing its step.
-      iter_state = train_iter.get_state()
-      batch = next(train_iter)
-      images = mesh_lib.global_batch(mesh, batch["image"])
-      state, metrics = train_step(state, images)
-      step += 1
-      iter_state = None
-      metrics = jax.device_get(metrics)
-      progress.step_done(step)
-      if not metrics["finite"]:
-        skipped += 1
-        msg = (f"Non-finite loss or gradient at step {step} (bits/dim="
-               f"{metrics['bits_per_dim']}, grad_norm={metrics['grad_norm']}).")
-        if config.on_nonfinite == "stop":
-          raise NonFiniteLossError(msg + " Stopping (config.on_nonfinite='stop').")
-        logging.warning("%s Step skipped: parameters unchanged.", msg)
-      else:
-        for k in ("bits_per_dim", "grad_norm", "learning_rate"):
-          sums[k] = sums.get(k, 0.0) + float(metrics[k])
-        count += 1
-      if step % config.log_every == 0 or step == config.total_steps:
-        last = {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
-        last["skipped_steps"] = skipped
-        writer.write_scalars(step, last)
-        logging.info("%s  train bits/dim %.4f", progress.line(step),
-                     last.get("train_bits_per_dim", float("nan")))
-        sums, count = {}, 0
-      with progress.paused():  # Sampling, evaluation, saving: not train steps.
-        if step % config.sample_every == 0 or step == config.total_steps:
-          write_samples(step)
-        if step % config.checkpoint_every == 0 or step == config.total_steps:
-          last["test_bits_per_dim"] = evaluate(step)
-          logging.info("step %d  test bits/dim %.4f", step,
-                       last["test_bits_per_dim"])
-          ckpt_lib.save(mngr, step, state, train_iter)
-          saved_step = step
-  finally:
-    # Whatever stopped the loop (an error, Ctrl-C, preemption), keep the work:
-    # the state is only ever replaced by finite updates, so it is safe to save.
-    if step != saved_step and step > 0:
-      logging.warning("Saving a checkpoint at step %d before exiting.", step)
+  with _sigterm_flag() as sigterm:
+    try:
+      while step < config.total_steps:
+        # A preemption notice: this process's SIGTERM, or (several hosts) the
+        # sync point JAX agrees on, so that every host saves the same step.
+        if sigterm.is_set() or (jax.process_count() > 1 and
+                                mngr.reached_preemption(step)):
+          raise Preempted(f"Stopped by SIGTERM (preemption) at step {step}.")
+        ckpt_lib.check_save(mngr)
+        # The iterator position that matches `state`, for an exit checkpoint
+        # taken between fetching a batch and finishing its step.
+        iter_state = train_iter.get_state()
+        batch = next(train_iter)
+        images = mesh_lib.global_batch(mesh, batch["image"])
+        state, metrics = train_step(state, images)
+        step += 1
+        iter_state = None
+        metrics = jax.device_get(metrics)
+        progress.step_done(step)
+        if not metrics["finite"]:
+          skipped += 1
+          in_a_row += 1
+          msg = (f"Non-finite loss, gradient or update at step {step} (bits/dim="
+                 f"{metrics['bits_per_dim']}, grad_norm={metrics['grad_norm']}).")
+          if config.on_nonfinite == "stop":
+            raise NonFiniteLossError(msg + " Stopping (config.on_nonfinite='stop').")
+          if in_a_row >= max_skips:
+            raise DivergedError(
+                f"{msg} That is {in_a_row} non-finite steps in a row "
+                f"(config.max_consecutive_skips={max_skips}): training has "
+                f"diverged. The newest good checkpoint is step "
+                f"{mngr.latest_step()} in {mngr.directory}. Try a lower "
+                f"learning rate (now {config.learning_rate}; resuming with "
+                "--config.learning_rate=... continues from that checkpoint), "
+                "a longer warmup or a smaller grad_clip.")
+          logging.warning("%s Step skipped: parameters unchanged.", msg)
+        else:
+          in_a_row = 0
+          for k in ("bits_per_dim", "grad_norm", "learning_rate"):
+            sums[k] = sums.get(k, 0.0) + float(metrics[k])
+          count += 1
+        if step % config.log_every == 0 or step == config.total_steps:
+          last = {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
+          last["skipped_steps"] = skipped
+          writer.write_scalars(step, last)
+          logging.info("%s  train bits/dim %.4f", progress.line(step),
+                       last.get("train_bits_per_dim", float("nan")))
+          sums, count = {}, 0
+        with progress.paused():  # Sampling, evaluation, saving: not train steps.
+          if step % config.sample_every == 0 or step == config.total_steps:
+            write_samples(step)
+          if step % config.checkpoint_every == 0 or step == config.total_steps:
+            last["test_bits_per_dim"] = evaluate(step)
+            logging.info("step %d  test bits/dim %.4f", step,
+                         last["test_bits_per_dim"])
+            save(step, last["test_bits_per_dim"])
+            saved_step = step
+    except BaseException as e:
+      stop_error = e
+      raise
+    finally:
+      # Whatever stopped the loop (an error, Ctrl-C, SIGTERM), keep the work,
+      # unless saving is what failed. The state only ever takes finite
+      # updates; after a non-finite step it is saved only if it evaluates
+      # finite.
+      if isinstance(stop_error, ckpt_lib.CheckpointSaveError):
+        saved_step = step
+      if step != saved_step and step > 0:
+        try:
+          if iter_state is not None:  # Stopped inside a step: rewind one batch.
+            train_iter.set_state(iter_state)
+          bpd = evaluate(None) if in_a_row else 0.0
+          if save(step, bpd):
+            logging.warning("Saved a checkpoint at step %d before exiting.", step)
+        except Exception as e:  # Never mask the error that stopped the loop.
+          logging.error("Could not save the exit checkpoint at step %d: %s",
+                        step, e)
       try:
-        if iter_state is not None:  # Stopped inside a step: rewind one batch.
-          train_iter.set_state(iter_state)
-        ckpt_lib.save(mngr, step, state, train_iter)
-      except Exception as e:  # Never mask the error that stopped the loop.
-        logging.error("Could not save the exit checkpoint at step %d: %s",
-                      step, e)
-    mngr.wait_until_finished()
-    writer.flush()
+        ckpt_lib.finish(mngr)
+      except ckpt_lib.CheckpointSaveError as e:
+        if stop_error is None:
+          raise
+        if not isinstance(stop_error, ckpt_lib.CheckpointSaveError):
+          logging.error("%s", e)
+      writer.flush()
   last["skipped_steps"] = skipped
   if final_eval:
     last["test_eval"] = final_eval
   return last
+
+
+@contextlib.contextmanager
+def _sigterm_flag():
+  """Within the block SIGTERM sets the yielded ``threading.Event`` instead of
+  killing the process (like Ctrl-C, the loop then saves and stops).
+
+  Only in the main thread of a single-process run: with several processes,
+  JAX's preemption service owns SIGTERM (``mngr.reached_preemption``).
+  """
+  flag = threading.Event()
+  if (jax.process_count() > 1 or
+      threading.current_thread() is not threading.main_thread()):
+    yield flag
+    return
+
+  def handler(signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM: stopping after the current step (saving first).")
+    flag.set()
+
+  previous = signal.signal(signal.SIGTERM, handler)
+  try:
+    yield flag
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 class Progress:

@@ -49,6 +49,13 @@ def make_optimizer(config) -> optax.GradientTransformation:
 _NEVER = int(jnp.iinfo(jnp.int32).max)  # optax's error count saturates there.
 
 
+def all_finite(tree) -> jax.Array:
+  """True when every floating-point leaf of ``tree`` is finite (no NaN, no inf)."""
+  ok = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(ok)) if ok else jnp.array(True)
+
+
 def split_model(model: nnx.Module):
   """model -> (graphdef, params, rest)."""
   return nnx.split(model, nnx.Param, ...)
@@ -74,8 +81,10 @@ def make_train_step(graphdef, tx, config):
   The loss is the mean bits/dim of the batch (for the deep NIF, the
   importance-weighted bound with the config's N). The step's randomness is
   ``fold_in(rng, step)``, so a resumed run draws the same numbers. A step whose
-  gradient is not finite leaves params and optimiser state as they were
-  (``make_optimizer``) and reports ``finite = False``.
+  loss, gradient, new parameters or new optimiser state are not finite leaves
+  params and optimiser state as they were and reports ``finite = False``
+  (``make_optimizer`` skips a non-finite gradient; a finite gradient can still
+  overflow Adam's moments or the parameters).
   """
 
   def loss_fn(params, rest, images, key):
@@ -88,13 +97,16 @@ def make_train_step(graphdef, tx, config):
     loss, grads = jax.value_and_grad(loss_fn)(state.params, state.rest, images,
                                               key)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state._replace(
-        step=state.step + 1,
-        params=optax.apply_updates(state.params, updates),
-        opt_state=opt_state)
+    params = optax.apply_updates(state.params, updates)
+    finite = (opt_state.last_finite & jnp.isfinite(loss) & all_finite(params)
+              & all_finite(opt_state))
+    params, opt_state = jax.tree.map(
+        lambda new, old: jnp.where(finite, new, old),
+        (params, opt_state), (state.params, state.opt_state))
+    new_state = state._replace(step=state.step + 1, params=params,
+                               opt_state=opt_state)
     metrics = dict(bits_per_dim=loss, grad_norm=optax.global_norm(grads),
-                   finite=opt_state.last_finite,
-                   learning_rate=learning_rate(opt_state))
+                   finite=finite, learning_rate=learning_rate(opt_state))
     return new_state, metrics
 
   return step_fn
