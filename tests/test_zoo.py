@@ -22,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = ("digits-nf", "digits-nif4", "digits-nif8", "digits-nif16", "digits-nif32")
 # launch/convert_digits.py: digits-nf converted to NIF-k, and that fine-tuned.
 CONVERTED = tuple(f"digits-nif{k}-from-nf{s}" for k in (4, 8, 16, 32) for s in ("", "-ft"))
+DEEP = ("digits-deepnif8", "digits-deepnif16")
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +259,7 @@ def test_paper_entries_match_their_configs_wiring():
 # ------------------------------------------------------------------ shipped models
 
 
-@pytest.mark.parametrize("name", SHIPPED + CONVERTED)
+@pytest.mark.parametrize("name", SHIPPED + CONVERTED + DEEP)
 def test_shipped_entries_hash_their_files(name):
   e = registry.find(name)
   assert e.checkpoint is not None, f"{name} ships no checkpoint"
@@ -271,9 +272,9 @@ def test_shipped_entries_hash_their_files(name):
 def test_shipped_entries_are_the_packaged_checkpoints():
   """Every packaged checkpoint directory has its entry, and nothing else ships."""
   shipped = sorted(n for n in zoo.list() if registry.find(n).checkpoint is not None)
-  assert shipped == sorted(SHIPPED + CONVERTED)
+  assert shipped == sorted(SHIPPED + CONVERTED + DEEP)
   on_disk = sorted(os.listdir(os.path.join(ROOT, "registry", "checkpoints")))
-  assert on_disk == sorted(SHIPPED + CONVERTED + ("digits-classifier",))
+  assert on_disk == sorted(SHIPPED + CONVERTED + DEEP + ("digits-classifier",))
 
 
 @pytest.mark.slow
