@@ -154,3 +154,124 @@ def test_restore_refuses_a_checkpoint_holding_nan(tmp_path):
                                           jax.devices()[0]))}
   with pytest.raises(ckpt_lib.CheckpointError, match="NaN or inf"):
     ckpt_lib.restore(mngr, 1, target, it)
+
+
+# ------------------------------------------------ divergence, stop, rotation
+
+
+def _steps(workdir):
+  return sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints"))
+                if n.isdigit())
+
+
+def _stopped(sigterm_run):
+  return _steps(sigterm_run[0])[-1]
+
+
+def _damage(step_dir):
+  """Flips 64 bytes in the middle of the largest array file of ``step_dir``."""
+  root = os.path.join(step_dir, "state")
+  files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
+           if os.sep + "d" + os.sep in os.path.join(d, f)]
+  target = max(files, key=os.path.getsize)
+  with open(target, "r+b") as f:
+    data = bytearray(f.read())
+    mid = len(data) // 2
+    data[mid:mid + 64] = bytes(b ^ 0xFF for b in data[mid:mid + 64])
+    f.seek(0)
+    f.write(data)
+
+
+def _finite_log_prob(workdir, step=None):
+  """log p of one test batch under the workdir's checkpoint (zoo.load)."""
+  from nifzoo import zoo
+  model = zoo.load(workdir, step=step)
+  batch = next(iter(loop.data_lib.make_dataset(
+      model.config.data, "test", global_batch_size=8, seed=0, shuffle=False,
+      repeat=False)))["image"]
+  lp = np.asarray(model.log_prob(batch, key=loop.jax.random.key(0)))
+  return lp.shape == (8,) and bool(np.all(np.isfinite(lp)))
+
+
+@pytest.fixture(scope="module")
+def diverged_run(sigterm_run, tmp_path_factory):
+  """The SIGTERM run resumed with learning_rate=1e30 in skip mode, saving
+  every step and keeping 2 checkpoints: it must stop as diverged."""
+  workdir = str(tmp_path_factory.mktemp("diverged") / "run")
+  shutil.copytree(sigterm_run[0], workdir)
+  start = _stopped(sigterm_run)
+  config = tiny_config(total_steps=start + 40, learning_rate=1e30,
+                       checkpoint_every=1, keep_checkpoints=2,
+                       max_consecutive_skips=3)
+  with pytest.raises(loop.DivergedError) as e:
+    loop.train_and_evaluate(config, workdir)
+  return workdir, start, str(e.value)
+
+
+def test_divergence_stops_naming_the_step_checkpoint_and_a_lower_lr(diverged_run):
+  workdir, start, msg = diverged_run
+  bad = int(msg.split("Non-finite loss, gradient or update at step ")[1].split(" ")[0])
+  assert start < bad < start + 40, msg
+  assert "3 non-finite steps in a row" in msg
+  newest = _steps(workdir)[-1]
+  assert f"The newest good checkpoint is step {newest} in " in msg
+  assert newest < bad
+  assert "lower learning rate" in msg and "1e+30" in msg
+
+
+def test_rotation_never_removes_the_newest_finite_checkpoint(diverged_run):
+  """keep_checkpoints=2 and a checkpoint due every step of the divergence:
+  the newest checkpoint left is finite, intact and evaluates finite."""
+  workdir, _, _ = diverged_run
+  steps = _steps(workdir)
+  assert 1 <= len(steps) <= 2
+  for s in steps:
+    assert ckpt_lib.verify_checksums(os.path.join(workdir, "checkpoints", str(s)))
+  assert _finite_log_prob(workdir)
+
+
+class _Toy(loop.nnx.Module):
+  """bits/dim = sum((x - w)^2): finite for any finite w."""
+
+  def __init__(self):
+    self.w = loop.nnx.Param(loop.jax.numpy.ones((3,)))
+
+  def bits_per_dim(self, images, key):
+    del key
+    return loop.jax.numpy.sum((images - self.w.value) ** 2, axis=-1)
+
+
+def test_a_finite_loss_whose_update_gives_nan_parameters_is_skipped():
+  """learning_rate 1e39 is inf in float32: warmup's first rate is inf * 0 =
+  NaN, so the loss and gradient are finite but the new parameters are NaN.
+  The step must report finite=False and keep the parameters (all ones)."""
+  from nifzoo.train import step as step_lib
+  import ml_collections
+  config = ml_collections.ConfigDict(dict(learning_rate=1e39, warmup_steps=0,
+                                          grad_clip=5.0))
+  tx = step_lib.make_optimizer(config)
+  graphdef, state = step_lib.init_state(_Toy(), tx, 0)
+  step_fn = loop.jax.jit(step_lib.make_train_step(graphdef, tx, config))
+  images = np.zeros((2, 3), np.float32)
+  new, metrics = step_fn(state, images)
+  assert np.isfinite(metrics["bits_per_dim"]) and metrics["bits_per_dim"] == 3.0
+  assert np.isfinite(metrics["grad_norm"])
+  assert not bool(metrics["finite"])
+  np.testing.assert_array_equal(np.asarray(new.params["w"].value), np.ones(3))
+  assert ckpt_lib.is_finite(new)
+
+
+def test_stop_mode_leaves_only_a_state_that_evaluates_finite(sigterm_run, tmp_path):
+  """on_nonfinite='stop' with learning_rate=1e30: the run stops non-zero, and
+  the newest checkpoint (the "last good" state) evaluates finite; resuming
+  it stops again without writing another checkpoint."""
+  workdir = _copy(sigterm_run, tmp_path)
+  config = tiny_config(total_steps=_stopped(sigterm_run) + 40, learning_rate=1e30,
+                       checkpoint_every=1, on_nonfinite="stop")
+  with pytest.raises(loop.NonFiniteLossError, match="on_nonfinite='stop'"):
+    loop.train_and_evaluate(config, workdir)
+  steps = _steps(workdir)
+  assert _finite_log_prob(workdir)
+  with pytest.raises(loop.NonFiniteLossError, match="on_nonfinite='stop'"):
+    loop.train_and_evaluate(config, workdir)
+  assert _steps(workdir) == steps
