@@ -231,34 +231,39 @@ def test_rotation_never_removes_the_newest_finite_checkpoint(diverged_run):
 
 
 class _Toy(loop.nnx.Module):
-  """bits/dim = sum((x - w)^2): finite for any finite w."""
+  """bits/dim = -sum(w) for every image (finite while |sum(w)| < 1.7e38)."""
 
   def __init__(self):
-    self.w = loop.nnx.Param(loop.jax.numpy.ones((3,)))
+    self.w = loop.nnx.Param(loop.jax.numpy.array([1.6e38, 0.0, 0.0]))
 
   def bits_per_dim(self, images, key):
     del key
-    return loop.jax.numpy.sum((images - self.w.value) ** 2, axis=-1)
+    return -loop.jax.numpy.sum(self.w.value) + 0.0 * images.sum(-1)
 
 
-def test_a_finite_loss_whose_update_gives_nan_parameters_is_skipped():
-  """learning_rate 1e39 is inf in float32: warmup's first rate is inf * 0 =
-  NaN, so the loss and gradient are finite but the new parameters are NaN.
-  The step must report finite=False and keep the parameters (all ones)."""
+def test_a_finite_loss_whose_update_gives_inf_parameters_is_skipped():
+  """The real optimiser at learning_rate 2e38 (no warmup: 0 at step 1, 2e38
+  from step 2): step 2's loss (-1.6e38) and gradient (-1) are finite, but
+  Adam's update (+2e38) takes w[0] past float32's 3.4e38 to inf. The step must
+  report finite=False and keep the parameters."""
   from nifzoo.train import step as step_lib
   import ml_collections
-  config = ml_collections.ConfigDict(dict(learning_rate=1e39, warmup_steps=0,
+  config = ml_collections.ConfigDict(dict(learning_rate=2e38, warmup_steps=0,
                                           grad_clip=5.0))
   tx = step_lib.make_optimizer(config)
   graphdef, state = step_lib.init_state(_Toy(), tx, 0)
   step_fn = loop.jax.jit(step_lib.make_train_step(graphdef, tx, config))
   images = np.zeros((2, 3), np.float32)
-  new, metrics = step_fn(state, images)
-  assert np.isfinite(metrics["bits_per_dim"]) and metrics["bits_per_dim"] == 3.0
+  w0 = np.array([1.6e38, 0.0, 0.0], np.float32)
+  state, metrics = step_fn(state, images)  # Learning rate 0: no change.
+  assert bool(metrics["finite"])
+  np.testing.assert_array_equal(np.asarray(state.params["w"].value), w0)
+  state, metrics = step_fn(state, images)
+  assert float(metrics["bits_per_dim"]) == float(-w0[0])
   assert np.isfinite(metrics["grad_norm"])
   assert not bool(metrics["finite"])
-  np.testing.assert_array_equal(np.asarray(new.params["w"].value), np.ones(3))
-  assert ckpt_lib.is_finite(new)
+  np.testing.assert_array_equal(np.asarray(state.params["w"].value), w0)
+  assert ckpt_lib.is_finite(state)
 
 
 def test_stop_mode_leaves_only_a_state_that_evaluates_finite(sigterm_run, tmp_path):
@@ -275,3 +280,112 @@ def test_stop_mode_leaves_only_a_state_that_evaluates_finite(sigterm_run, tmp_pa
   with pytest.raises(loop.NonFiniteLossError, match="on_nonfinite='stop'"):
     loop.train_and_evaluate(config, workdir)
   assert _steps(workdir) == steps
+
+
+# ------------------------------------------------ full disk, preemption sync
+
+
+@pytest.mark.parametrize("where", ["save", "background"])
+def test_full_disk_is_reported_once_at_its_step_and_stops(
+    sigterm_run, tmp_path, monkeypatch, caplog, where):
+  """ENOSPC at the save of step s (raised by the save call, or found in the
+  background write by check_for_errors): CheckpointSaveError naming step s,
+  no second report, no exit checkpoint, earlier checkpoints intact."""
+  import errno
+  workdir = _copy(sigterm_run, tmp_path)
+  before = _steps(workdir)
+  fail = before[-1] + 1
+  enospc = OSError(errno.ENOSPC, "No space left on device")
+  if where == "save":
+    real = ocp.CheckpointManager.save
+
+    def save(self, step, *a, **k):
+      if step == fail:
+        raise enospc
+      return real(self, step, *a, **k)
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+  else:
+    real = ocp.CheckpointManager.check_for_errors
+
+    def check_for_errors(self):
+      if getattr(self, "pending_step", None) == fail:
+        raise enospc
+      return real(self)
+    monkeypatch.setattr(ocp.CheckpointManager, "check_for_errors", check_for_errors)
+  config = tiny_config(total_steps=fail + 3, checkpoint_every=1)
+  with pytest.raises(ckpt_lib.CheckpointSaveError) as e:
+    loop.train_and_evaluate(config, workdir)
+  msg = str(e.value)
+  assert f"Saving the checkpoint of step {fail} into " in msg
+  assert "the disk is full" in msg
+  logged = [r.getMessage() for r in caplog.records]
+  assert not [m for m in logged if "Saving the checkpoint of step" in m], logged
+  assert not [m for m in logged if "exit checkpoint" in m or "before exiting" in m]
+  for s in before:
+    assert ckpt_lib.verify_checksums(os.path.join(workdir, "checkpoints", str(s)))
+  assert max(_steps(workdir)) <= fail
+
+
+def test_preemption_sync_point_saves_that_step_and_stops(sigterm_run, tmp_path,
+                                                         monkeypatch):
+  """When JAX's preemption sync point (every host agrees on it) is reached at
+  step s, the loop saves step s and raises Preempted, as for SIGTERM."""
+  workdir = _copy(sigterm_run, tmp_path)
+  s = _stopped(sigterm_run) + 2
+  monkeypatch.setattr(ocp.CheckpointManager, "reached_preemption",
+                      lambda self, step: step == s)
+  config = tiny_config(total_steps=s + 20, checkpoint_every=1000)
+  with pytest.raises(loop.Preempted, match=f"at step {s}\\."):
+    loop.train_and_evaluate(config, workdir)
+  assert _steps(workdir)[-1] == s
+  assert ckpt_lib.verify_checksums(os.path.join(workdir, "checkpoints", str(s)))
+
+
+# ------------------------------------------------ resume with other code/shapes
+
+
+def test_resume_with_another_wiring_revision_is_refused(sigterm_run, tmp_path,
+                                                        monkeypatch):
+  from nifzoo.models import image_flow
+  workdir = _copy(sigterm_run, tmp_path)
+  with open(os.path.join(workdir, loop.WIRING_FILE)) as f:
+    assert json.load(f)["revision"] == image_flow.WIRING_REVISION
+  monkeypatch.setattr(image_flow, "WIRING_REVISION", image_flow.WIRING_REVISION + 1)
+  with pytest.raises(loop.ConfigError, match="revision: checkpoint .*new --workdir"):
+    loop.train_and_evaluate(tiny_config(total_steps=_stopped(sigterm_run)), workdir)
+
+
+def test_resume_with_other_shapes_names_them_and_moves_nothing(sigterm_run, tmp_path):
+  """A workdir without config.json (older code) resumed with width 16: every
+  checkpoint has the old shapes, so the error names them and says to use a
+  new workdir; no checkpoint is treated as damaged."""
+  workdir = _copy(sigterm_run, tmp_path)
+  os.remove(os.path.join(workdir, ckpt_lib.CONFIG_FILE))
+  os.remove(os.path.join(workdir, loop.WIRING_FILE))
+  before = _steps(workdir)
+  config = tiny_config(total_steps=before[-1])
+  config.model.width = 16
+  with pytest.raises(loop.ConfigError) as e:
+    loop.train_and_evaluate(config, workdir)
+  msg = str(e.value)
+  assert "variable(s) differ" in msg and "the model needs" in msg, msg
+  assert "new --workdir" in msg
+  assert _steps(workdir) == before
+  assert not os.path.exists(os.path.join(workdir, ckpt_lib.DAMAGED_DIR))
+
+
+def test_zoo_load_of_a_workdir_verifies_checksums(sigterm_run, tmp_path, caplog):
+  """zoo.load(workdir) skips a damaged newest checkpoint (warning naming it,
+  left in place) for the newest intact one; asking for that step refuses it."""
+  from nifzoo import zoo
+  workdir = _copy(sigterm_run, tmp_path)
+  steps = _steps(workdir)
+  newest = os.path.join(workdir, "checkpoints", str(steps[-1]))
+  _damage(newest)
+  assert ckpt_lib.variables_source(workdir)[2] == steps[-2]
+  assert _finite_log_prob(workdir)
+  assert any("does not match its checksum" in r.getMessage() and newest in
+             r.getMessage() for r in caplog.records)
+  assert os.path.isdir(newest)  # Loading never moves files.
+  with pytest.raises(ckpt_lib.CheckpointError, match="does not match its checksum"):
+    zoo.load(workdir, step=steps[-1])
