@@ -222,9 +222,9 @@ def test_divergence_stops_naming_the_step_checkpoint_and_a_lower_lr(diverged_run
 def test_rotation_never_removes_the_newest_finite_checkpoint(diverged_run):
   """keep_checkpoints=2 and a checkpoint due every step of the divergence:
   the newest checkpoint left is finite, intact and evaluates finite."""
-  workdir, _, _ = diverged_run
+  workdir, start, _ = diverged_run
   steps = _steps(workdir)
-  assert 1 <= len(steps) <= 2
+  assert steps[-1] == start  # No NaN-evaluating state was saved after it.
   for s in steps:
     assert ckpt_lib.verify_checksums(os.path.join(workdir, "checkpoints", str(s)))
   assert _finite_log_prob(workdir)
@@ -321,9 +321,11 @@ def test_full_disk_is_reported_once_at_its_step_and_stops(
   logged = [r.getMessage() for r in caplog.records]
   assert not [m for m in logged if "Saving the checkpoint of step" in m], logged
   assert not [m for m in logged if "exit checkpoint" in m or "before exiting" in m]
-  for s in before:
-    assert ckpt_lib.verify_checksums(os.path.join(workdir, "checkpoints", str(s)))
-  assert max(_steps(workdir)) <= fail
+  after = _steps(workdir)
+  assert before[-1] in after and max(after) <= fail  # (Rotation may drop the oldest.)
+  for s in after:
+    if s != fail:
+      assert ckpt_lib.verify_checksums(os.path.join(workdir, "checkpoints", str(s)))
 
 
 def test_preemption_sync_point_saves_that_step_and_stops(sigterm_run, tmp_path,
@@ -360,8 +362,9 @@ def test_resume_with_other_shapes_names_them_and_moves_nothing(sigterm_run, tmp_
   checkpoint has the old shapes, so the error names them and says to use a
   new workdir; no checkpoint is treated as damaged."""
   workdir = _copy(sigterm_run, tmp_path)
-  os.remove(os.path.join(workdir, ckpt_lib.CONFIG_FILE))
-  os.remove(os.path.join(workdir, loop.WIRING_FILE))
+  for name in (ckpt_lib.CONFIG_FILE, "wiring.json"):
+    if os.path.exists(os.path.join(workdir, name)):
+      os.remove(os.path.join(workdir, name))
   before = _steps(workdir)
   config = tiny_config(total_steps=before[-1])
   config.model.width = 16
