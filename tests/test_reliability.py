@@ -348,13 +348,18 @@ def test_preemption_sync_point_saves_that_step_and_stops(sigterm_run, tmp_path,
 
 def test_resume_with_another_wiring_revision_is_refused(sigterm_run, tmp_path,
                                                         monkeypatch):
+  """models.WIRING_REVISION bumped (the layers changed since the run started):
+  resuming and zoo.load both refuse, naming `revision`."""
   from nifzoo.models import image_flow
   workdir = _copy(sigterm_run, tmp_path)
-  with open(os.path.join(workdir, loop.WIRING_FILE)) as f:
+  with open(os.path.join(workdir, ckpt_lib.WIRING_FILE)) as f:
     assert json.load(f)["revision"] == image_flow.WIRING_REVISION
   monkeypatch.setattr(image_flow, "WIRING_REVISION", image_flow.WIRING_REVISION + 1)
   with pytest.raises(loop.ConfigError, match="revision: checkpoint .*new --workdir"):
     loop.train_and_evaluate(tiny_config(total_steps=_stopped(sigterm_run)), workdir)
+  from nifzoo import zoo  # Loading it for evaluation is refused too.
+  with pytest.raises(zoo.ZooError, match="different wiring.*revision: checkpoint"):
+    zoo.load(workdir)
 
 
 def test_resume_with_other_shapes_names_them_and_moves_nothing(sigterm_run, tmp_path):

@@ -36,6 +36,9 @@ from nifzoo.train import step as step_lib
 
 
 CONFIG_FILE = "config.json"  # The run's config, beside checkpoints/ (for zoo.load).
+# models.wiring(config) of the run, with the code's WIRING_REVISION (checked on
+# resume and by zoo.load).
+WIRING_FILE = "wiring.json"
 VARIABLES_DIR = "variables"  # A variables-only checkpoint in a workdir (converted models).
 CHECKSUMS_FILE = "checksums.json"  # sha256 of a step's item files, written after finalizing.
 DAMAGED_DIR = "damaged"  # Where refused checkpoints are moved, beside checkpoints/.
@@ -183,9 +186,7 @@ def restore(mngr: ocp.CheckpointManager, step: int, target, data_iter):
   """
   path = os.path.join(str(mngr.directory), str(step))
   data_lib.check_iterator_processes(os.path.join(path, "data"))
-  if not verify_checksums(path):
-    logging.warning("The checkpoint at %s has no %s (the run stopped before "
-                    "writing it): restoring it unverified.", path, CHECKSUMS_FILE)
+  _verify_or_warn(path)
   try:
     restored = mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target),

@@ -92,7 +92,6 @@ def _flat_json(config) -> dict:
                                     sep=".")
 
 
-WIRING_FILE = "wiring.json"  # models.wiring(config) of the run, with the code's revision.
 
 _RESUME_HINT = ("Use a new --workdir for this config, or resume with the config "
                 "(and nifzoo version) that wrote the checkpoints; moving the "
@@ -119,7 +118,7 @@ def check_resume_config(workdir, config) -> None:
           "model or data. Use a new --workdir for this config, or pass the "
           "recorded values; on resume only these may change: "
           f"{', '.join(RESUMABLE_FIELDS)}.")
-  path = epath.Path(workdir) / WIRING_FILE
+  path = epath.Path(workdir) / ckpt_lib.WIRING_FILE
   if path.exists():
     diff = models.wiring_differences(json.loads(path.read_text()), config)
     if diff:
@@ -229,7 +228,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   is_chief = jax.process_index() == 0
   if is_chief:  # What nifzoo.zoo.load(workdir) rebuilds the model from.
     (epath.Path(workdir) / ckpt_lib.CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
-    (epath.Path(workdir) / WIRING_FILE).write_text(
+    (epath.Path(workdir) / ckpt_lib.WIRING_FILE).write_text(
         json.dumps(models.wiring(config), indent=1))
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(config.batch_size)
