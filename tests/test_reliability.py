@@ -1,6 +1,8 @@
 """Reliability of the training loop (issue 12): SIGTERM, damaged checkpoints,
-config validation and resume refusal. One tiny digits run per module (a
-launch/train.py subprocess stopped by SIGTERM) is shared; tamper tests copy it."""
+divergence, a full disk, preemption sync, config validation and resume refusal.
+One tiny digits run per module (a launch/train.py subprocess stopped by
+SIGTERM) is shared; the other tests copy its workdir (those resuming it in
+process for a few steps are marked slow)."""
 
 import json
 import os
@@ -208,6 +210,7 @@ def diverged_run(sigterm_run, tmp_path_factory):
   return workdir, start, str(e.value)
 
 
+@pytest.mark.slow
 def test_divergence_stops_naming_the_step_checkpoint_and_a_lower_lr(diverged_run):
   workdir, start, msg = diverged_run
   bad = int(msg.split("Non-finite loss, gradient or update at step ")[1].split(" ")[0])
@@ -219,6 +222,7 @@ def test_divergence_stops_naming_the_step_checkpoint_and_a_lower_lr(diverged_run
   assert "lower learning rate" in msg and "1e+30" in msg
 
 
+@pytest.mark.slow
 def test_rotation_never_removes_the_newest_finite_checkpoint(diverged_run):
   """keep_checkpoints=2 and a checkpoint due every step of the divergence:
   the newest checkpoint left is finite, intact and evaluates finite."""
@@ -266,6 +270,7 @@ def test_a_finite_loss_whose_update_gives_inf_parameters_is_skipped():
   assert ckpt_lib.is_finite(state)
 
 
+@pytest.mark.slow
 def test_stop_mode_leaves_only_a_state_that_evaluates_finite(sigterm_run, tmp_path):
   """on_nonfinite='stop' with learning_rate=1e30: the run stops non-zero, and
   the newest checkpoint (the "last good" state) evaluates finite; resuming
@@ -285,6 +290,7 @@ def test_stop_mode_leaves_only_a_state_that_evaluates_finite(sigterm_run, tmp_pa
 # ------------------------------------------------ full disk, preemption sync
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["save", "background"])
 def test_full_disk_is_reported_once_at_its_step_and_stops(
     sigterm_run, tmp_path, monkeypatch, caplog, where):
@@ -328,6 +334,7 @@ def test_full_disk_is_reported_once_at_its_step_and_stops(
       assert ckpt_lib.verify_checksums(os.path.join(workdir, "checkpoints", str(s)))
 
 
+@pytest.mark.slow
 def test_preemption_sync_point_saves_that_step_and_stops(sigterm_run, tmp_path,
                                                          monkeypatch):
   """When JAX's preemption sync point (every host agrees on it) is reached at
