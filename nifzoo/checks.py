@@ -13,17 +13,19 @@ What is checked when:
   wrong log p, non-finite latents give garbage images, and a jitted
   ``initialize`` on out-of-range images writes NaN into the ActNorms, silently.
 - For jitted use, :func:`checked` gives the checked variant of a function: it
-  is ``jax.jit(checkify.checkify(fn, errors=checkify.user_checks))`` with the
-  value checks above emitted as ``checkify.check``, and raises a
+  is ``checkify.checkify(jax.jit(fn), errors=checkify.user_checks)`` with the
+  value checks above emitted as ``checkify.check``, that raises a
   ``checkify.JaxRuntimeError`` (a ``ValueError``) naming the problem::
 
     log_prob = checks.checked(lambda model, x: model.log_prob(x))
     log_prob(model, x)          # raises for x outside [0, L), as eagerly
 
-    def init(model, x):         # jitted functions return what they change
-      model.initialize(x)
-      return model
-    model = checks.checked(init)(model, batch)
+    graphdef, state = nnx.split(model)
+    def init(state, x):         # jitted functions return what they change
+      m = nnx.merge(graphdef, state)
+      m.initialize(x)
+      return nnx.state(m)
+    nnx.update(model, checks.checked(init)(state, batch))
 
   The value checks are emitted only while :func:`checked` traces (a plain
   ``jit`` of the same code contains none: ``checkify.check`` cannot be staged
@@ -157,16 +159,19 @@ def _functionalize() -> Iterator[None]:
 def checked(fn: Callable, **jit_kwargs) -> Callable:
   """The checked, jitted variant of ``fn``: raises on bad values under ``jit``.
 
-  ``jax.jit(checkify.checkify(fn, errors=checkify.user_checks), **jit_kwargs)``
-  traced with the value checks on (images in [0, L), finite latents, noise
+  ``checkify.checkify(jax.jit(fn, **jit_kwargs), errors=checkify.user_checks)``
+  (itself jitted, so it is traced once per input shape) traced with the value checks on (images in [0, L), finite latents, noise
   scales >= 0); a failed check raises ``checkify.JaxRuntimeError`` (a
   ``ValueError``) with the eager message. ``fn`` takes and returns pytrees
-  (NNX modules are pytrees); return a module to keep what it changed (e.g.
-  after ``initialize``). Costs one reduction per check and a host sync per call
+  (NNX modules are pytrees, fine for methods that do not change them); to
+  change a module (``initialize``), pass ``nnx.state``, merge it with the
+  graphdef inside and return the new state, as ``train.loop`` does. Costs one reduction per check and a host sync per call
   to read the error, so keep it off hot loops (the training step uses none).
   """
-  jitted = jax.jit(checkify.checkify(fn, errors=checkify.user_checks),
-                   **jit_kwargs)
+  # The inner jit traces fn at one trace level (NNX modules merged inside may
+  # be mutated); the outer one caches the checkified program.
+  jitted = jax.jit(checkify.checkify(jax.jit(fn, **jit_kwargs),
+                                     errors=checkify.user_checks))
 
   @functools.wraps(fn)
   def wrapper(*args, **kwargs):

@@ -309,6 +309,8 @@ class ImageFlow(nnx.Module):
     "levels" (integers in [0, L)) or "continuous" (floats in [0, 1], the
     flow's output before flooring; FID scores these).
     """
+    checks.check_noise_scale(temperature, "temperature")  # Before any work.
+    checks.check_noise_scale(noise_scale)
     self._warn_if_uninitialized("sample")
     if self.prior == "normal":
       return self.flow_inverse(
