@@ -5,6 +5,9 @@
 followed by a low-dimensional flow, scored with the importance-weighted bound,
 paper App. B.4), chosen by ``prior``. Every public method is batched, takes
 integer images ``(B, H, W, C)`` in ``[0, num_levels)`` and is jit-friendly.
+Inputs are validated as :mod:`nifzoo.checks` describes: values only eagerly,
+or under jit through ``checks.checked``; using a model whose ActNorms were
+never initialised warns (eagerly).
 
 Densities are of the *discrete* data: ``log_prob`` includes the dequantisation
 log-det ``-D log L`` and the logit log-det, so ``bits_per_dim`` is the usual
@@ -180,7 +183,10 @@ class ImageFlow(nnx.Module):
 
     ``key`` draws the dequantisation noise, so the statistics are those of the
     training inputs (None: u = 1/2). Idempotent: an ActNorm that is already
-    initialised (e.g. restored from a checkpoint) keeps its parameters.
+    initialised (e.g. restored from a checkpoint) keeps its parameters. A
+    channel constant on the batch keeps scale 1 (``flows.ActNorm``). Under jit
+    out-of-range images are not refused (they write NaN into the ActNorms):
+    wrap the jitted function in ``checks.checked``.
     """
     self._check_images(batch, "batch")
     with flows.data_init(self):
@@ -201,10 +207,10 @@ class ImageFlow(nnx.Module):
     self._check_images(x)
     if self.prior == "normal":  # The NIF layer checks s (> 0) for the others.
       checks.check_noise_scale(noise_scale)
-    self._warn_if_uninitialized("log_prob")
     if self.prior == "deepnif" and key is None:
       raise ValueError("The deep NIF's log_prob is an importance-weighted bound "
                        "and needs a `key`.")
+    self._warn_if_uninitialized("log_prob")
     deq_key, iw_key = (None, None) if key is None else jax.random.split(key)
     v, log_det = self.flow_latent(x, key=deq_key)
     if self.prior == "normal":
