@@ -167,10 +167,16 @@ def checked(fn: Callable, **jit_kwargs) -> Callable:
   change a module (``initialize``), pass ``nnx.state``, merge it with the
   graphdef inside and return the new state, as ``train.loop`` does. Costs one reduction per check and a host sync per call
   to read the error, so keep it off hot loops (the training step uses none).
+  Functions ``fn`` calls that are jitted on their own are traced by their own
+  jit, without the checks: call the plain methods inside ``fn``.
   """
+  def traced(*args, **kwargs):  # Its own identity: jit's trace cache is keyed
+    return fn(*args, **kwargs)   # on the function, so a plain jax.jit(fn)'s
+                                 # check-free trace is never reused here.
+
   # The inner jit traces fn at one trace level (NNX modules merged inside may
   # be mutated); the outer one caches the checkified program.
-  jitted = jax.jit(checkify.checkify(jax.jit(fn, **jit_kwargs),
+  jitted = jax.jit(checkify.checkify(jax.jit(traced, **jit_kwargs),
                                      errors=checkify.user_checks))
 
   @functools.wraps(fn)

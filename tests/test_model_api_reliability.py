@@ -171,9 +171,13 @@ def test_initialised_and_traced_calls_do_not_warn(model, fresh, digits):
 # ------------------------------------------------------------------ under jit
 
 
+def _log_prob(m, x):
+  return m.log_prob(x)
+
+
 def test_plain_jit_cannot_check_values_and_returns_wrong_numbers(model, digits):
   # What the README documents: out-of-range images are not refused under jit.
-  lp = nnx.jit(lambda m, x: m.log_prob(x))(model, jnp.full_like(digits, L))
+  lp = jax.jit(_log_prob)(model, jnp.full_like(digits, L))
   assert lp.shape == (8,)  # It ran; its values are meaningless.
   with pytest.raises(ValueError, match="z must be finite"):
     model.decode(jnp.full((1, model.latent_dim), jnp.nan))  # Eagerly refused...
@@ -182,11 +186,14 @@ def test_plain_jit_cannot_check_values_and_returns_wrong_numbers(model, digits):
 
 
 def test_checked_raises_for_out_of_range_images(model, digits):
-  log_prob = checks.checked(lambda m, x: m.log_prob(x))
+  bad = jnp.full_like(digits, L)
+  jax.jit(_log_prob)(model, bad)  # A plain jit of the same function, traced first.
+  log_prob = checks.checked(_log_prob)
   np.testing.assert_allclose(log_prob(model, digits), model.log_prob(digits),
                              rtol=1e-5)
   with pytest.raises(ValueError, match=r"x values must lie in \[0, 17\).*\[17, 17\]"):
-    log_prob(model, jnp.full_like(digits, L))
+    log_prob(model, bad)
+  jax.jit(_log_prob)(model, bad)  # And still runs after the checked trace.
 
 
 def test_checked_raises_for_non_finite_latents(model):
