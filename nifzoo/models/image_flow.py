@@ -205,8 +205,10 @@ class ImageFlow(nnx.Module):
     dequantisation noise is random, otherwise it is 1/2.
     """
     self._check_images(x)
-    if self.prior == "normal":  # The NIF layer checks s (> 0) for the others.
+    if self.prior == "normal":  # s is unused.
       checks.check_noise_scale(noise_scale)
+    else:  # Densities need s > 0 (the NIF layer checks it too).
+      nif.gaussian.check_density_scale(noise_scale)
     if self.prior == "deepnif" and key is None:
       raise ValueError("The deep NIF's log_prob is an importance-weighted bound "
                        "and needs a `key`.")
