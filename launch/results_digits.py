@@ -2,7 +2,8 @@ r"""The digits version of the paper's results, from the shipped checkpoints.
 
   python launch/results_digits.py      # ~15 min on 2 CPU cores
 
-Evaluates digits-nf and digits-nif{4,8,16,32} with launch/evaluate.py's
+Evaluates digits-nf, digits-nif{4,8,16,32} and the shipped deep NIFs
+(digits-deepnif{8,16}, compared with NIF-k of the same k) with launch/evaluate.py's
 ``evaluate`` (bits/dim at s = 1, the noise-scale sweep on the digits
 classifier's features, linear probes), draws the NF-vs-NIF figures, and writes
 docs/results-digits.md, docs/results-digits.json and docs/figures/digits-*.png.
@@ -66,9 +67,14 @@ def make_figures(models: dict, figdir: str, nif_name: str, seed: int) -> dict:
   key = jax.random.key(seed)
   out = {}
   temps = (0.5, 0.75, 1.0, 1.25, 1.5)
+  grids = {"NF": figures.temperature_grid(nf, temps, key=key),
+           f"{nif_name} (s = 0)": figures.temperature_grid(nif, temps, key=key)}
+  for name in DEEP_NIFS:  # T scales the low-dim flow's base (docs/math.md §4.2).
+    if name in models:
+      grids[f"{name} (T on the flow's base, s = 0)"] = figures.temperature_grid(
+          models[name], temps, key=key)
   out["temperature"] = figures.save_labelled_grids(
-      {"NF": figures.temperature_grid(nf, temps, key=key),
-       f"{nif_name} (s = 0)": figures.temperature_grid(nif, temps, key=key)},
+      grids,
       os.path.join(figdir, "digits-temperature.png"),
       row_labels=[f"T={t:g}" for t in temps],
       title="Samples at temperature T (same base draws in each row)")
@@ -99,7 +105,8 @@ def make_figures(models: dict, figdir: str, nif_name: str, seed: int) -> dict:
   return out
 
 
-def claims(rows: dict, spread: dict | None = None) -> dict:
+def claims(rows: dict, spread: dict | None = None,
+           iw_bounds: dict | None = None) -> dict:
   """The paper's three claims, checked on the measured numbers.
 
   With ``spread`` ({name: {"s_star"/"s1": {"mean", "std"}}}, FDs over several
@@ -109,8 +116,8 @@ def claims(rows: dict, spread: dict | None = None) -> dict:
   nf = rows[NF]
   out = {"bpd": {}, "fd": {}, "probe": {}}
   for name, r in rows.items():
-    if name == NF:
-      continue
+    if name == NF or name.startswith("digits-deepnif"):
+      continue  # The deep NIFs are compared with NIF-k (deep_nif_claims).
     rel = (r["bits_per_dim"] - nf["bits_per_dim"]) / nf["bits_per_dim"]
     out["bpd"][name] = {"nif": r["bits_per_dim"], "nf": nf["bits_per_dim"],
                         "relative_difference": rel,
@@ -126,6 +133,33 @@ def claims(rows: dict, spread: dict | None = None) -> dict:
           beyond_2_std=abs(a["mean"] - b["mean"]) > 2 * max(a["std"], b["std"]))
     out["probe"][name] = {"nif": r["probe_accuracy"], "nf": nf["probe_accuracy"],
                           "nif_better": r["probe_accuracy"] > nf["probe_accuracy"]}
+  out["deep_nif"] = deep_nif_claims(rows, spread or {}, iw_bounds or {})
+  return out
+
+
+def deep_nif_claims(rows: dict, spread: dict, iw_bounds: dict) -> dict:
+  """Each shipped deep NIF against the NIF-k of the same k (paper App. B.4):
+  bits/dim (the deep NIF's IW bound, at the training N and at N = 256 from
+  ``iw_bounds`` {name: registry metric}) and the FD at each model's s*."""
+  out = {}
+  for name in rows:
+    if not name.startswith("digits-deepnif"):
+      continue
+    ref = "digits-nif" + name[len("digits-deepnif"):]
+    if ref not in rows or name not in spread or ref not in spread:
+      continue
+    a, b = spread[name]["s_star"], spread[ref]["s_star"]
+    curve = iw_bounds.get(name) or {}
+    n256 = (curve["bits_per_dim_by_n"][curve["num_samples"].index(256)]
+            if 256 in curve.get("num_samples", []) else None)
+    out[name] = {
+        "nif": ref, "bpd": rows[name]["bits_per_dim"], "bpd_n256": n256,
+        "nif_bpd": rows[ref]["bits_per_dim"],
+        "bpd_better": rows[name]["bits_per_dim"] < rows[ref]["bits_per_dim"],
+        "s_star": rows[name]["s_star"], "fd_mean": a["mean"], "fd_std": a["std"],
+        "nif_fd_mean": b["mean"], "nif_fd_std": b["std"],
+        "fd_better": a["mean"] < b["mean"],
+        "fd_beyond_2_std": abs(a["mean"] - b["mean"]) > 2 * max(a["std"], b["std"])}
   return out
 
 
@@ -206,13 +240,35 @@ def write_page(path: str, rows: dict, table_md: str, verdict: dict, extra: dict,
   for name, v in verdict["probe"].items():
     lines.append(f"   - `{name}`: {v['nif']:.1%} vs NF {v['nf']:.1%}: "
                  f"{_yes(v['nif_better'])}")
+  deep = verdict.get("deep_nif") or {}
+  if deep:
+    lines += [
+        "", "## The deep NIF against NIF-k", "",
+        "The deep NIF's bits/dim is the importance-weighted bound (docs/math.md §1.7, "
+        "§4.2), an upper bound on its true bits/dim; NIF-k's is exact. The N = 256 "
+        "bound and the NIF-k beside it come from the registry entry "
+        "(`launch/evaluate.py --evals=iw_bound`, same images and dequantisation "
+        "draws). FDs are mean ± sd over the sample draws above, each model at its "
+        "own s*.", "",
+        "| deep NIF | bits/dim (N = 16) | bits/dim (N = 256) | NIF-k | NIF-k bits/dim "
+        "| FD at s* | NIF-k FD at s* | fewer bits/dim | better FD |",
+        "|---|---|---|---|---|---|---|---|---|"]
+    for name, v in deep.items():
+      n256 = "—" if v["bpd_n256"] is None else f"{v['bpd_n256']:.4f}"
+      lines.append(
+          f"| `{name}` | {v['bpd']:.4f} | {n256} | `{v['nif']}` | {v['nif_bpd']:.4f} "
+          f"| {v['fd_mean']:.2f} ± {v['fd_std']:.2f} (s* = {v['s_star']:.2f}) "
+          f"| {v['nif_fd_mean']:.2f} ± {v['nif_fd_std']:.2f} | {_yes(v['bpd_better'])} "
+          f"| {_yes(v['fd_better'])}"
+          + ("" if v["fd_beyond_2_std"] else " (within 2 sd)") + " |")
   lines += ["", "## Figures", ""]
   captions = {
       "sweep": "FD(s) on the test split (solid; dotted: the train subsample that "
                "chooses s*, marked ★) and test bits/dim(s) (paper Fig. 7/11). The NF "
                "has no s: dashed lines.",
       "temperature": "Samples at temperatures T = 0.5 … 1.5, NF vs NIF on its "
-                     "manifold (paper Fig. 3).",
+                     "manifold (paper Fig. 3); for the deep NIFs T scales the "
+                     "low-dimensional flow's base latent.",
       "s_strip": "One latent per row decoded at s = 0 … 1.2 with one noise draw "
                  "(paper Fig. 6).",
       "samples": "Samples of the NF, and of the NIF at s = 0 and s = 1 (paper Fig. 5).",
@@ -334,7 +390,9 @@ def main(argv):
              for n, r in results.items()}
   rows = tables.table_rows(entries)
   by_name = {r["name"]: r for r in rows}
-  verdict = claims(by_name, spread)
+  iw_bounds = {n: m.entry.metrics.get(evaluate_launcher.IW_METRIC)
+               for n, m in loaded.items() if m.entry is not None}
+  verdict = claims(by_name, spread, iw_bounds)
   extra = {"wall_time_s": time.time() - t0, "hardware": zoo.hardware_string(),
            "bpd_draws": FLAGS.bpd_draws, "num_samples": FLAGS.num_samples,
            "tune_size": sw["tune_size"], "fd_real": fd_real,

@@ -220,6 +220,9 @@ def _is_workdir(name_or_path: str) -> bool:
 
 def _load_workdir(workdir, step, target_sharding):
   config = workdir_config(workdir)
+  wiring_path = epath.Path(workdir) / ckpt_lib.WIRING_FILE
+  if wiring_path.exists():
+    check_wiring(json.loads(wiring_path.read_text()), config, str(wiring_path))
   path, partial, step = ckpt_lib.variables_source(workdir, step)
   graphdef, target = _abstract_model(config)
   ckpt_lib.check_shapes(path, target)

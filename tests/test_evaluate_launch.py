@@ -74,6 +74,12 @@ def test_evaluate_launcher_end_to_end(tiny_entry):
     launcher.evaluate("digits-nif4-tiny", ["fid"], outdir, registry=[reg])
 
 
+# The protocol facts write_page prints (any values; the pages only quote them).
+PAGE_EXTRA = {"wall_time_s": 1.0, "hardware": "cpu", "bpd_draws": 4, "num_samples": 10,
+              "tune_size": 300, "fd_real": 1.0, "classifier_accuracy": 0.99,
+              "embedding_method": "PCA", "repeats": 5, "pixel_probe": 0.9}
+
+
 def test_results_page_claims(tmp_path):
   """The digits results page: the claims are computed from the numbers."""
   results = _load("results_digits", "nifzoo_launch_results_digits")
@@ -92,10 +98,37 @@ def test_results_page_claims(tmp_path):
   assert v["probe"]["digits-nif4"]["nif_better"]
   assert not v["probe"]["digits-nif16"]["nif_better"]
   page = str(tmp_path / "r.md")
-  extra = {"wall_time_s": 1.0, "hardware": "cpu", "bpd_draws": 4, "num_samples": 10,
-           "tune_size": 300, "fd_real": 1.0, "classifier_accuracy": 0.99,
-           "embedding_method": "PCA", "repeats": 5, "pixel_probe": 0.9}
-  results.write_page(page, rows, "TABLES\n", v, extra, {}, "python x")
+  results.write_page(page, rows, "TABLES\n", v, PAGE_EXTRA, {}, "python x")
   text = open(page).read()
   assert "`digits-nif4`: 2.2000 vs NF 2.1000 (+4.76%): **no**" in text
   assert "TABLES" in text
+
+
+def test_results_page_compares_the_deep_nif_with_nif_k(tmp_path):
+  """A deep NIF is compared with the NIF-k of its k (not listed under the
+  NF claims); the FD verdict uses the spread over sample draws."""
+  results = _load("results_digits", "nifzoo_launch_results_digits")
+  row = lambda bpd, fd, s: {"bits_per_dim": bpd, "fd": fd, "fd_s1": fd,
+                            "s_star": s, "probe_accuracy": 0.8}
+  rows = {"digits-nf": row(2.13, 9.0, 1.0), "digits-nif8": row(2.13, 9.5, 1.0),
+          "digits-deepnif8": row(2.11, 8.0, 1.1)}
+  spread = {"digits-nf": {"s_star": {"mean": 9.0, "std": 0.5}},
+            "digits-nif8": {"s_star": {"mean": 9.5, "std": 0.5}},
+            "digits-deepnif8": {"s_star": {"mean": 8.8, "std": 0.2}}}
+  iw = {"digits-deepnif8": {"num_samples": [1, 16, 256],
+                            "bits_per_dim_by_n": [2.2, 2.11, 2.105]}}
+  v = results.claims(rows, spread, iw)
+  assert "digits-deepnif8" not in v["bpd"] and "digits-deepnif8" not in v["fd"]
+  d = v["deep_nif"]["digits-deepnif8"]
+  assert d["nif"] == "digits-nif8" and d["bpd_n256"] == 2.105
+  assert d["bpd_better"] and d["fd_better"]
+  assert not d["fd_beyond_2_std"]   # |8.8 - 9.5| = 0.7 <= 2 * 0.5
+  spread["digits-deepnif8"]["s_star"]["mean"] = 12.0
+  v = results.claims(rows, spread, iw)
+  assert not v["deep_nif"]["digits-deepnif8"]["fd_better"]
+  assert v["deep_nif"]["digits-deepnif8"]["fd_beyond_2_std"]
+  page = str(tmp_path / "r.md")
+  results.write_page(page, rows, "TABLES\n", v, PAGE_EXTRA, {}, "python x")
+  text = open(page).read()
+  assert "## The deep NIF against NIF-k" in text
+  assert "| `digits-deepnif8` | 2.1100 | 2.1050 | `digits-nif8` | 2.1300 |" in text

@@ -349,3 +349,25 @@ def test_noise_needs_a_key_and_traced_s0_is_not_nan():
   out = np.asarray(sweep(jnp.array([0.0, 0.5, 1.0])))
   assert np.all(out[0] == -np.inf) and np.all(np.isfinite(out[1:]))
   np.testing.assert_allclose(out[2], layer.log_prob(x), rtol=1e-6)
+
+
+@pytest.mark.parametrize("D,k", [(7, 3), (6, 1)])
+def test_log_prob_gradient_matches_dense(D, k):
+  """d log p / d(A, log σ²) against the dense float64 formula: with C = AAᵀ + s²Σ,
+  r = x − b and M = C⁻¹rrᵀC⁻¹ − C⁻¹ (summed over the batch), ∂/∂A = M A and
+  ∂/∂ℓᵢ = ½ s² σᵢ² Mᵢᵢ. Guards the one-GEMM derivative of G (linalg.gram_matrix)."""
+  rng = np.random.default_rng(7)
+  nif = GaussianNIF(D, k, rngs=nnx.Rngs(0))
+  A, b = rng.normal(size=(D, k)), rng.normal(size=D)
+  lv, s = rng.normal(size=D) * 0.5, 0.8
+  nif.A[...], nif.b[...] = jnp.asarray(A, jnp.float32), jnp.asarray(b, jnp.float32)
+  nif.log_var[...] = jnp.asarray(lv, jnp.float32)
+  x = rng.normal(size=(5, D)) * 2.0
+  grads = nnx.grad(lambda m: jnp.sum(m.log_prob(jnp.asarray(x, jnp.float32),
+                                                noise_scale=s)))(nif)
+  cinv = np.linalg.inv(A @ A.T + s**2 * np.diag(np.exp(lv)))
+  r = (x - b) @ cinv
+  M = r.T @ r - len(x) * cinv
+  np.testing.assert_allclose(grads.A[...], M @ A, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(grads.log_var[...],
+                             0.5 * s**2 * np.exp(lv) * np.diag(M), rtol=1e-4, atol=1e-4)

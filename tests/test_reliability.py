@@ -1,6 +1,8 @@
 """Reliability of the training loop (issue 12): SIGTERM, damaged checkpoints,
-config validation and resume refusal. One tiny digits run per module (a
-launch/train.py subprocess stopped by SIGTERM) is shared; tamper tests copy it."""
+divergence, a full disk, preemption sync, config validation and resume refusal.
+One tiny digits run per module (a launch/train.py subprocess stopped by
+SIGTERM) is shared; the other tests copy its workdir (those resuming it in
+process for a few steps are marked slow)."""
 
 import json
 import os
@@ -154,3 +156,251 @@ def test_restore_refuses_a_checkpoint_holding_nan(tmp_path):
                                           jax.devices()[0]))}
   with pytest.raises(ckpt_lib.CheckpointError, match="NaN or inf"):
     ckpt_lib.restore(mngr, 1, target, it)
+
+
+# ------------------------------------------------ divergence, stop, rotation
+
+
+def _steps(workdir):
+  return sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints"))
+                if n.isdigit())
+
+
+def _stopped(sigterm_run):
+  return _steps(sigterm_run[0])[-1]
+
+
+def _damage(step_dir):
+  """Flips 64 bytes in the middle of the largest array file of ``step_dir``."""
+  root = os.path.join(step_dir, "state")
+  files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
+           if os.sep + "d" + os.sep in os.path.join(d, f)]
+  target = max(files, key=os.path.getsize)
+  with open(target, "r+b") as f:
+    data = bytearray(f.read())
+    mid = len(data) // 2
+    data[mid:mid + 64] = bytes(b ^ 0xFF for b in data[mid:mid + 64])
+    f.seek(0)
+    f.write(data)
+
+
+def _finite_log_prob(workdir, step=None):
+  """log p of one test batch under the workdir's checkpoint (zoo.load)."""
+  from nifzoo import zoo
+  model = zoo.load(workdir, step=step)
+  batch = next(iter(loop.data_lib.make_dataset(
+      model.config.data, "test", global_batch_size=8, seed=0, shuffle=False,
+      repeat=False)))["image"]
+  lp = np.asarray(model.log_prob(batch, key=loop.jax.random.key(0)))
+  return lp.shape == (8,) and bool(np.all(np.isfinite(lp)))
+
+
+@pytest.fixture(scope="module")
+def diverged_run(sigterm_run, tmp_path_factory):
+  """The SIGTERM run resumed with learning_rate=1e30 in skip mode, saving
+  every step and keeping 2 checkpoints: it must stop as diverged."""
+  workdir = str(tmp_path_factory.mktemp("diverged") / "run")
+  shutil.copytree(sigterm_run[0], workdir)
+  start = _stopped(sigterm_run)
+  config = tiny_config(total_steps=start + 40, learning_rate=1e30,
+                       checkpoint_every=1, keep_checkpoints=2,
+                       max_consecutive_skips=3)
+  with pytest.raises(loop.DivergedError) as e:
+    loop.train_and_evaluate(config, workdir)
+  return workdir, start, str(e.value)
+
+
+@pytest.mark.slow
+def test_divergence_stops_naming_the_step_checkpoint_and_a_lower_lr(diverged_run):
+  workdir, start, msg = diverged_run
+  bad = int(msg.split("Non-finite loss, gradient or update at step ")[1].split(" ")[0])
+  assert start < bad < start + 40, msg
+  assert "3 non-finite steps in a row" in msg
+  newest = _steps(workdir)[-1]
+  assert f"The newest good checkpoint is step {newest} in " in msg
+  assert newest < bad
+  assert "lower learning rate" in msg and "1e+30" in msg
+
+
+@pytest.mark.slow
+def test_rotation_never_removes_the_newest_finite_checkpoint(diverged_run):
+  """keep_checkpoints=2 and a checkpoint due every step of the divergence:
+  the newest checkpoint left is finite, intact and evaluates finite."""
+  workdir, start, _ = diverged_run
+  steps = _steps(workdir)
+  assert steps[-1] == start  # No NaN-evaluating state was saved after it.
+  for s in steps:
+    assert ckpt_lib.verify_checksums(os.path.join(workdir, "checkpoints", str(s)))
+  assert _finite_log_prob(workdir)
+
+
+class _Toy(loop.nnx.Module):
+  """bits/dim = -sum(w) for every image (finite while |sum(w)| < 1.7e38)."""
+
+  def __init__(self):
+    self.w = loop.nnx.Param(loop.jax.numpy.array([1.6e38, 0.0, 0.0]))
+
+  def bits_per_dim(self, images, key):
+    del key
+    return -loop.jax.numpy.sum(self.w.value) + 0.0 * images.sum(-1)
+
+
+def test_a_finite_loss_whose_update_gives_inf_parameters_is_skipped():
+  """The real optimiser at learning_rate 2e38 (no warmup: 0 at step 1, 2e38
+  from step 2): step 2's loss (-1.6e38) and gradient (-1) are finite, but
+  Adam's update (+2e38) takes w[0] past float32's 3.4e38 to inf. The step must
+  report finite=False and keep the parameters."""
+  from nifzoo.train import step as step_lib
+  import ml_collections
+  config = ml_collections.ConfigDict(dict(learning_rate=2e38, warmup_steps=0,
+                                          grad_clip=5.0))
+  tx = step_lib.make_optimizer(config)
+  graphdef, state = step_lib.init_state(_Toy(), tx, 0)
+  step_fn = loop.jax.jit(step_lib.make_train_step(graphdef, tx, config))
+  images = np.zeros((2, 3), np.float32)
+  w0 = np.array([1.6e38, 0.0, 0.0], np.float32)
+  state, metrics = step_fn(state, images)  # Learning rate 0: no change.
+  assert bool(metrics["finite"])
+  np.testing.assert_array_equal(np.asarray(state.params["w"].value), w0)
+  state, metrics = step_fn(state, images)
+  assert float(metrics["bits_per_dim"]) == float(-w0[0])
+  assert np.isfinite(metrics["grad_norm"])
+  assert not bool(metrics["finite"])
+  np.testing.assert_array_equal(np.asarray(state.params["w"].value), w0)
+  assert ckpt_lib.is_finite(state)
+
+
+@pytest.mark.slow
+def test_stop_mode_leaves_only_a_state_that_evaluates_finite(sigterm_run, tmp_path):
+  """on_nonfinite='stop' with learning_rate=1e30: the run stops non-zero, and
+  the newest checkpoint (the "last good" state) evaluates finite; resuming
+  it stops again without writing another checkpoint."""
+  workdir = _copy(sigterm_run, tmp_path)
+  config = tiny_config(total_steps=_stopped(sigterm_run) + 40, learning_rate=1e30,
+                       checkpoint_every=1, on_nonfinite="stop")
+  with pytest.raises(loop.NonFiniteLossError, match="on_nonfinite='stop'"):
+    loop.train_and_evaluate(config, workdir)
+  steps = _steps(workdir)
+  assert _finite_log_prob(workdir)
+  with pytest.raises(loop.NonFiniteLossError, match="on_nonfinite='stop'"):
+    loop.train_and_evaluate(config, workdir)
+  assert _steps(workdir) == steps
+
+
+# ------------------------------------------------ full disk, preemption sync
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["save", "background"])
+def test_full_disk_is_reported_once_at_its_step_and_stops(
+    sigterm_run, tmp_path, monkeypatch, caplog, where):
+  """ENOSPC at the save of step s (raised by the save call, or found in the
+  background write by check_for_errors): CheckpointSaveError naming step s,
+  no second report, no exit checkpoint, earlier checkpoints intact."""
+  import errno
+  workdir = _copy(sigterm_run, tmp_path)
+  before = _steps(workdir)
+  fail = before[-1] + 1
+  enospc = OSError(errno.ENOSPC, "No space left on device")
+  if where == "save":
+    real = ocp.CheckpointManager.save
+
+    def save(self, step, *a, **k):
+      if step == fail:
+        raise enospc
+      return real(self, step, *a, **k)
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+  else:
+    real = ocp.CheckpointManager.check_for_errors
+
+    def check_for_errors(self):
+      if getattr(self, "pending_step", None) == fail:
+        raise enospc
+      return real(self)
+    monkeypatch.setattr(ocp.CheckpointManager, "check_for_errors", check_for_errors)
+  config = tiny_config(total_steps=fail + 3, checkpoint_every=1)
+  with pytest.raises(ckpt_lib.CheckpointSaveError) as e:
+    loop.train_and_evaluate(config, workdir)
+  msg = str(e.value)
+  assert f"Saving the checkpoint of step {fail} into " in msg
+  assert "the disk is full" in msg
+  logged = [r.getMessage() for r in caplog.records]
+  assert not [m for m in logged if "Saving the checkpoint of step" in m], logged
+  assert not [m for m in logged if "exit checkpoint" in m or "before exiting" in m]
+  after = _steps(workdir)
+  assert before[-1] in after and max(after) <= fail  # (Rotation may drop the oldest.)
+  for s in after:
+    if s != fail:
+      assert ckpt_lib.verify_checksums(os.path.join(workdir, "checkpoints", str(s)))
+
+
+@pytest.mark.slow
+def test_preemption_sync_point_saves_that_step_and_stops(sigterm_run, tmp_path,
+                                                         monkeypatch):
+  """When JAX's preemption sync point (every host agrees on it) is reached at
+  step s, the loop saves step s and raises Preempted, as for SIGTERM."""
+  workdir = _copy(sigterm_run, tmp_path)
+  s = _stopped(sigterm_run) + 2
+  monkeypatch.setattr(ocp.CheckpointManager, "reached_preemption",
+                      lambda self, step: step == s)
+  config = tiny_config(total_steps=s + 20, checkpoint_every=1000)
+  with pytest.raises(loop.Preempted, match=f"at step {s}\\."):
+    loop.train_and_evaluate(config, workdir)
+  assert _steps(workdir)[-1] == s
+  assert ckpt_lib.verify_checksums(os.path.join(workdir, "checkpoints", str(s)))
+
+
+# ------------------------------------------------ resume with other code/shapes
+
+
+def test_resume_with_another_wiring_revision_is_refused(sigterm_run, tmp_path,
+                                                        monkeypatch):
+  """models.WIRING_REVISION bumped (the layers changed since the run started):
+  resuming and zoo.load both refuse, naming `revision`."""
+  from nifzoo.models import image_flow
+  workdir = _copy(sigterm_run, tmp_path)
+  with open(os.path.join(workdir, ckpt_lib.WIRING_FILE)) as f:
+    assert json.load(f)["revision"] == image_flow.WIRING_REVISION
+  monkeypatch.setattr(image_flow, "WIRING_REVISION", image_flow.WIRING_REVISION + 1)
+  with pytest.raises(loop.ConfigError, match="revision: checkpoint .*new --workdir"):
+    loop.train_and_evaluate(tiny_config(total_steps=_stopped(sigterm_run)), workdir)
+  from nifzoo import zoo  # Loading it for evaluation is refused too.
+  with pytest.raises(zoo.ZooError, match="different wiring.*revision: checkpoint"):
+    zoo.load(workdir)
+
+
+def test_resume_with_other_shapes_names_them_and_moves_nothing(sigterm_run, tmp_path):
+  """A workdir without config.json (older code) resumed with width 16: every
+  checkpoint has the old shapes, so the error names them and says to use a
+  new workdir; no checkpoint is treated as damaged."""
+  workdir = _copy(sigterm_run, tmp_path)
+  for name in (ckpt_lib.CONFIG_FILE, "wiring.json"):
+    if os.path.exists(os.path.join(workdir, name)):
+      os.remove(os.path.join(workdir, name))
+  before = _steps(workdir)
+  config = tiny_config(total_steps=before[-1])
+  config.model.width = 16
+  with pytest.raises(loop.ConfigError) as e:
+    loop.train_and_evaluate(config, workdir)
+  msg = str(e.value)
+  assert "variable(s) differ" in msg and "the model needs" in msg, msg
+  assert "new --workdir" in msg
+  assert _steps(workdir) == before
+  assert not os.path.exists(os.path.join(workdir, ckpt_lib.DAMAGED_DIR))
+
+
+def test_zoo_load_of_a_workdir_verifies_checksums(sigterm_run, tmp_path, caplog):
+  """zoo.load(workdir) skips a damaged newest checkpoint (warning naming it,
+  left in place) for the newest intact one; asking for that step refuses it."""
+  from nifzoo import zoo
+  workdir = _copy(sigterm_run, tmp_path)
+  steps = _steps(workdir)
+  newest = os.path.join(workdir, "checkpoints", str(steps[-1]))
+  _damage(newest)
+  assert ckpt_lib.variables_source(workdir)[2] == steps[-2]
+  assert _finite_log_prob(workdir)
+  assert any("does not match its checksum" in r.getMessage() and newest in
+             r.getMessage() for r in caplog.records)
+  assert os.path.isdir(newest)  # Loading never moves files.
+  with pytest.raises(ckpt_lib.CheckpointError, match="does not match its checksum"):
+    zoo.load(workdir, step=steps[-1])

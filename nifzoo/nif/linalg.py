@@ -36,6 +36,32 @@ from jax.scipy.linalg import solve_triangular
 import numpy as np
 
 
+def _gram_product(a):
+  """aᵀa contracting the long axis of a (D, k) -> (k, k), in one GEMM."""
+  return jax.lax.dot_general(a, a, (((0,), (0,)), ((), ())),
+                             precision=jax.lax.Precision.HIGHEST)
+
+
+@jax.custom_jvp
+def gram_matrix(a):
+  """G = aᵀa for a (D, k) -> (k, k), symmetric.
+
+  Its derivative is written as d G = S + Sᵀ with S = aᵀ da, so reverse mode
+  (the transpose of that linear map) is ONE GEMM, ā = a (Ḡ + Ḡᵀ), 2Dk² flops,
+  where differentiating ``dot_general(a, a)`` treats the two operands apart
+  and costs two (bench/README.md, the NIF prior's overhead).
+  """
+  return _gram_product(a)
+
+
+@gram_matrix.defjvp
+def _gram_matrix_jvp(primals, tangents):
+  (a,), (a_dot,) = primals, tangents
+  s = jax.lax.dot_general(a, a_dot, (((0,), (0,)), ((), ())),
+                          precision=jax.lax.Precision.HIGHEST)
+  return _gram_product(a), s + s.T
+
+
 def _tri_solve(L, v, *, trans: bool):
   """Solves L y = v (or Lᵀ y = v) for lower-triangular L (..., k, k), v (..., k)."""
   fn = lambda a, b: solve_triangular(a, b, lower=True, trans="T" if trans else "N")
@@ -69,9 +95,7 @@ class DenseLinear:
       # G = A_sᵀA_s with A_s = diag(√prec) A: one GEMM contracting the long
       # axis D of the same operand twice, no transposed copy of A (2x faster on
       # XLA:CPU than (Aᵀ·prec) @ A at D = 12288, k = 512; bench/README.md).
-      a_s = self.A * jnp.sqrt(prec)[:, None]
-      return jax.lax.dot_general(a_s, a_s, (((0,), (0,)), ((), ())),
-                                 precision=jax.lax.Precision.HIGHEST)
+      return gram_matrix(self.A * jnp.sqrt(prec)[:, None])
     return jnp.einsum("dk,bd,dl->bkl", self.A, prec, self.A)  # (B, k, k)
 
   def factor(self, G, c=0.0):

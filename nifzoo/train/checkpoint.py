@@ -36,6 +36,9 @@ from nifzoo.train import step as step_lib
 
 
 CONFIG_FILE = "config.json"  # The run's config, beside checkpoints/ (for zoo.load).
+# models.wiring(config) of the run, with the code's WIRING_REVISION (checked on
+# resume and by zoo.load).
+WIRING_FILE = "wiring.json"
 VARIABLES_DIR = "variables"  # A variables-only checkpoint in a workdir (converted models).
 CHECKSUMS_FILE = "checksums.json"  # sha256 of a step's item files, written after finalizing.
 DAMAGED_DIR = "damaged"  # Where refused checkpoints are moved, beside checkpoints/.
@@ -44,6 +47,10 @@ _ITEMS = ("state", "data")
 
 class CheckpointError(RuntimeError):
   """A checkpoint that exists but cannot be read (or fails its integrity checks)."""
+
+
+class ShapeMismatchError(CheckpointError):
+  """A readable checkpoint whose variables do not fit the model being built."""
 
 
 class CheckpointSaveError(RuntimeError):
@@ -179,9 +186,7 @@ def restore(mngr: ocp.CheckpointManager, step: int, target, data_iter):
   """
   path = os.path.join(str(mngr.directory), str(step))
   data_lib.check_iterator_processes(os.path.join(path, "data"))
-  if not verify_checksums(path):
-    logging.warning("The checkpoint at %s has no %s (the run stopped before "
-                    "writing it): restoring it unverified.", path, CHECKSUMS_FILE)
+  _verify_or_warn(path)
   try:
     restored = mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target),
@@ -262,9 +267,15 @@ def _abspath(path: str) -> str:
   return path if str(path).startswith("gs://") else os.path.abspath(path)
 
 
-def check_shapes(path: str, target) -> None:
-  """Names the first variable of ``target`` whose saved shape differs (or that
-  the checkpoint lacks); checked from Orbax's metadata before any restore."""
+def check_shapes(path: str, target, *, hint: str = "") -> None:
+  """Checks every variable of ``target`` against the checkpoint's saved shapes
+  (from Orbax's metadata, before any restore).
+
+  Raises :class:`ShapeMismatchError` naming each variable that the checkpoint
+  lacks or has with another shape (up to 5), followed by ``hint`` (what the
+  caller can do about it); :class:`CheckpointError` if the metadata is
+  unreadable.
+  """
   path = _abspath(path)
   try:
     meta = ocp.StandardCheckpointer().metadata(path)
@@ -277,14 +288,15 @@ def check_shapes(path: str, target) -> None:
   if not saved:
     raise CheckpointError(f"The checkpoint at {path} lists no variables.")
   want = _flat_shapes(target)
-  for k, shape in want.items():
-    if k not in saved:
-      raise CheckpointError(f"The checkpoint at {path} has no variable {k!r} that the "
-                     f"config's model needs (shape {shape}).")
-    if saved[k] != shape:
-      raise CheckpointError(f"The checkpoint at {path} does not fit the config: "
-                     f"variable {k!r} has shape {saved[k]} there, the model "
-                     f"needs {shape}.")
+  diff = [f"{k!r}: missing there, the model needs {shape}" if k not in saved else
+          f"{k!r}: {saved[k]} there, the model needs {shape}"
+          for k, shape in want.items() if saved.get(k) != shape]
+  if diff:
+    more = f" (and {len(diff) - 5} more)" if len(diff) > 5 else ""
+    raise ShapeMismatchError(
+        f"The checkpoint at {path} does not fit the config's model: "
+        f"{len(diff)} variable(s) differ: {'; '.join(diff[:5])}{more}."
+        f"{' ' + hint if hint else ''}")
 
 
 def restore_variables(path: str, target: dict, *, partial: bool = False) -> dict:
@@ -338,8 +350,12 @@ def variables_source(workdir: str, step: int | None = None
   """Where a workdir's model variables are: ``(path, partial, step)``.
 
   A training workdir: ``checkpoints/<step>/state`` (newest by default), read
-  partially (no optimiser state). A workdir without training checkpoints but
-  with ``variables/`` (written by ``launch/convert.py``): that, at step 0.
+  partially (no optimiser state). Its checksums are verified as a training
+  restore does (:func:`verify_checksums`): an explicit ``step`` that is damaged
+  raises :class:`CheckpointError` naming the file; by default a damaged newest
+  checkpoint is skipped with a warning for the newest intact one (left in
+  place: loading never moves files). A workdir without training checkpoints
+  but with ``variables/`` (written by ``launch/convert.py``): that, at step 0.
   """
   newest = latest_step(workdir)
   variables = epath.Path(workdir) / VARIABLES_DIR
@@ -348,8 +364,29 @@ def variables_source(workdir: str, step: int | None = None
       return str(variables), False, 0
     raise CheckpointError(f"{workdir} holds no checkpoint (looked in "
                           f"{epath.Path(workdir) / 'checkpoints'} and {variables}).")
-  step = newest if step is None else int(step)
-  path = epath.Path(workdir) / "checkpoints" / str(step) / "state"
-  if not path.exists():
-    raise CheckpointError(f"{workdir} has no checkpoint at step {step} ({path}).")
-  return str(path), True, step
+  root = epath.Path(workdir) / "checkpoints"
+  if step is not None:
+    step = int(step)
+    path = root / str(step) / "state"
+    if not path.exists():
+      raise CheckpointError(f"{workdir} has no checkpoint at step {step} ({path}).")
+    _verify_or_warn(root / str(step))
+    return str(path), True, step
+  errors = []
+  for s in sorted((int(p.name) for p in root.iterdir() if p.name.isdigit()),
+                  reverse=True):
+    try:
+      _verify_or_warn(root / str(s))
+    except CheckpointError as e:
+      errors.append(str(e))
+      logging.warning("%s Using an earlier checkpoint.", e)
+      continue
+    return str(root / str(s) / "state"), True, s
+  raise CheckpointError(f"No checkpoint in {root} is intact:\n  " +
+                        "\n  ".join(errors))
+
+
+def _verify_or_warn(step_dir) -> None:
+  if not verify_checksums(step_dir):
+    logging.warning("The checkpoint at %s has no %s (the run stopped before "
+                    "writing it): reading it unverified.", step_dir, CHECKSUMS_FILE)

@@ -92,24 +92,57 @@ def _flat_json(config) -> dict:
                                     sep=".")
 
 
+
+_RESUME_HINT = ("Use a new --workdir for this config, or resume with the config "
+                "(and nifzoo version) that wrote the checkpoints; moving the "
+                "newest checkpoint aside does not help, every checkpoint of the "
+                "run has the same shapes.")
+
+
 def check_resume_config(workdir, config) -> None:
   """Refuses to resume ``workdir`` with a config whose fields outside
-  :data:`RESUMABLE_FIELDS` differ from its recorded ``config.json``."""
+  :data:`RESUMABLE_FIELDS` differ from its recorded ``config.json``, or whose
+  ``models.wiring`` (which includes the code's ``WIRING_REVISION``) differs
+  from the recorded ``wiring.json``."""
   path = epath.Path(workdir) / ckpt_lib.CONFIG_FILE
-  if not path.exists():
-    return
-  saved = traverse_util.flatten_dict(json.loads(path.read_text()), sep=".")
-  now = _flat_json(config)
-  # Fields the workdir's config lacks were added to the code after it was written.
-  diff = [f"{k}: workdir {saved[k]!r}, now {now.get(k)!r}" for k in sorted(saved)
-          if k not in RESUMABLE_FIELDS and saved[k] != now.get(k)]
-  if diff:
-    raise ConfigError(
-        f"{workdir} holds checkpoints of a run with a different config "
-        f"({path}): {'; '.join(diff)}. Resuming would load them into another "
-        "model or data. Use a new --workdir for this config, or pass the "
-        "recorded values; on resume only these may change: "
-        f"{', '.join(RESUMABLE_FIELDS)}.")
+  if path.exists():
+    saved = traverse_util.flatten_dict(json.loads(path.read_text()), sep=".")
+    now = _flat_json(config)
+    # Fields the workdir's config lacks were added to the code after it was written.
+    diff = [f"{k}: workdir {saved[k]!r}, now {now.get(k)!r}" for k in sorted(saved)
+            if k not in RESUMABLE_FIELDS and saved[k] != now.get(k)]
+    if diff:
+      raise ConfigError(
+          f"{workdir} holds checkpoints of a run with a different config "
+          f"({path}): {'; '.join(diff)}. Resuming would load them into another "
+          "model or data. Use a new --workdir for this config, or pass the "
+          "recorded values; on resume only these may change: "
+          f"{', '.join(RESUMABLE_FIELDS)}.")
+  path = epath.Path(workdir) / ckpt_lib.WIRING_FILE
+  if path.exists():
+    diff = models.wiring_differences(json.loads(path.read_text()), config)
+    if diff:
+      raise ConfigError(
+          f"{workdir} holds checkpoints of a model wired differently from what "
+          f"this code builds for the config ({path}): {'; '.join(diff)}. "
+          "(`revision` is the code's models.WIRING_REVISION: the layers changed "
+          "since the run started.) Resuming would load them into another "
+          f"function. {_RESUME_HINT}")
+
+
+def check_checkpoint_fits(workdir, state) -> None:
+  """Raises :class:`ConfigError` naming the variables when the newest
+  checkpoint's shapes do not fit ``state`` (instead of refusing every
+  checkpoint in turn as damaged). An unreadable one is left to the restore."""
+  step = ckpt_lib.latest_step(workdir)
+  path = epath.Path(workdir) / "checkpoints" / str(step) / "state"
+  try:
+    ckpt_lib.check_shapes(str(path), {"params": state.params, "rest": state.rest},
+                          hint=_RESUME_HINT)
+  except ckpt_lib.ShapeMismatchError as e:
+    raise ConfigError(str(e)) from e
+  except ckpt_lib.CheckpointError:
+    pass
 
 
 def create_state(config, mesh):
@@ -195,6 +228,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   is_chief = jax.process_index() == 0
   if is_chief:  # What nifzoo.zoo.load(workdir) rebuilds the model from.
     (epath.Path(workdir) / ckpt_lib.CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
+    (epath.Path(workdir) / ckpt_lib.WIRING_FILE).write_text(
+        json.dumps(models.wiring(config), indent=1))
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(config.batch_size)
   writer = writers_lib.create_writer(workdir, just_logging=not is_chief)
@@ -207,6 +242,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       seed=config.seed, shuffle=True, repeat=True))
   graphdef, tx, state = create_state(config, mesh)
 
+  if ckpt_lib.latest_step(workdir) is not None:
+    check_checkpoint_fits(workdir, state)
   mngr = ckpt_lib.manager(workdir, max_to_keep=config.keep_checkpoints)
   start, restored = ckpt_lib.restore_newest_intact(
       mngr, ckpt_lib.abstract_like(state, mesh_lib.replicated(mesh)), train_iter)
@@ -260,11 +297,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     intermediate checkpoints, every test image (once) at the end; ``step``
     None: the intermediate evaluation, not logged."""
     final = step == config.total_steps
-    result = evaluate_lib.bits_per_dim(
-        nnx.merge(graphdef, state.params, state.rest), config.data, "test",
-        batch_size=config.batch_size, key=jax.random.key(config.seed + 3),
-        num_draws=config.eval_num_draws, mesh=mesh,
-        max_images=None if final else config.eval_batches * config.batch_size)
+    try:
+      result = evaluate_lib.bits_per_dim(
+          nnx.merge(graphdef, state.params, state.rest), config.data, "test",
+          batch_size=config.batch_size, key=jax.random.key(config.seed + 3),
+          num_draws=config.eval_num_draws, mesh=mesh,
+          max_images=None if final else config.eval_batches * config.batch_size)
+    except FloatingPointError as e:  # Finite parameters that give NaN.
+      logging.warning("Evaluating the state of step %s: %s", step, e)
+      result = {"bits_per_dim": float("nan")}
     if step is not None:
       writer.write_scalars(step, {"test_bits_per_dim": result["bits_per_dim"]})
     if final:
@@ -295,9 +336,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     try:
       while step < config.total_steps:
         # A preemption notice: this process's SIGTERM, or (several hosts) the
-        # sync point JAX agrees on, so that every host saves the same step.
-        if sigterm.is_set() or (jax.process_count() > 1 and
-                                mngr.reached_preemption(step)):
+        # sync point JAX agrees on, so that every host saves the same step
+        # (False without JAX's preemption service, e.g. on one process).
+        if sigterm.is_set() or mngr.reached_preemption(step):
           raise Preempted(f"Stopped by SIGTERM (preemption) at step {step}.")
         ckpt_lib.check_save(mngr)
         # The iterator position that matches `state`, for an exit checkpoint
@@ -354,15 +395,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
     finally:
       # Whatever stopped the loop (an error, Ctrl-C, SIGTERM), keep the work,
       # unless saving is what failed. The state only ever takes finite
-      # updates; after a non-finite step it is saved only if it evaluates
-      # finite.
+      # updates, but finite parameters can still evaluate to NaN: it is saved
+      # only if it evaluates finite.
       if isinstance(stop_error, ckpt_lib.CheckpointSaveError):
         saved_step = step
       if step != saved_step and step > 0:
         try:
           if iter_state is not None:  # Stopped inside a step: rewind one batch.
             train_iter.set_state(iter_state)
-          bpd = evaluate(None) if in_a_row else 0.0
+          # Finite parameters can still evaluate to NaN (a huge update).
+          bpd = evaluate(None)
           if save(step, bpd):
             logging.warning("Saved a checkpoint at step %d before exiting.", step)
         except Exception as e:  # Never mask the error that stopped the loop.
