@@ -17,6 +17,7 @@ from nifzoo.flows._base import standard_normal_log_prob
 from nifzoo.flows.actnorm import ActNorm
 from nifzoo.flows.actnorm import ActNormInitialized
 from nifzoo.flows.actnorm import data_init
+from nifzoo.flows.actnorm import actnorm_layers
 from nifzoo.flows.actnorm import is_initialized
 from nifzoo.flows.conv1x1 import InvConv1x1
 from nifzoo.flows.coupling import AdditiveCoupling
@@ -46,6 +47,7 @@ __all__ = [
     "Conv3x3", "ConvConditioner", "Dequantize", "FlowConstant", "Glow", "GlowStep",
     "InvConv1x1", "Logit", "LowDimFlow", "LowDimStep", "MLPConditioner",
     "Permute", "Preprocess", "Reverse", "ScannedStack", "Squeeze",
-    "VectorAffineCoupling", "conv3x3", "data_init", "glow_num_params", "is_initialized",
+    "VectorAffineCoupling", "actnorm_layers", "conv3x3", "data_init",
+    "glow_num_params", "is_initialized",
     "squeeze", "standard_normal_log_prob", "unsqueeze",
 ]

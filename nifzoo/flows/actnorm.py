@@ -7,7 +7,8 @@ Per channel c (the last axis)::
 
 ``loc``/``log_scale`` are the location and log-scale of the *data*: the data-dependent
 initialisation sets them to the per-channel mean and log standard deviation of a
-batch, so the output of every ActNorm has zero mean and unit variance on that batch.
+batch, so the output of every ActNorm has zero mean and unit variance on that batch
+(a channel constant on the batch, std < ``ACTNORM_MIN_STD``, keeps scale 1).
 
 Data-dependent initialisation of every ActNorm in a model, scanned stacks included::
 
@@ -35,6 +36,11 @@ from nifzoo.flows import _base
 
 
 ACTNORM_EPS = 1e-5  # The authors': log_scale = log(std + 1e-5) at data init.
+# A channel whose batch std is below this is constant on the batch (a constant
+# image, an always-black border): data init leaves its scale at 1 (log_scale 0)
+# instead of dividing by std + eps ~ 1e-5, which would amplify any other input
+# by ~1e5 per ActNorm and overflow to inf/NaN a few layers on.
+ACTNORM_MIN_STD = 1e-3
 
 
 class ActNormInitialized(nnx.Variable):
@@ -68,8 +74,8 @@ class ActNorm(nnx.Module):
     std = jnp.std(x, axis=axes)
     done = self.initialized[...]
     self.loc[...] = jnp.where(done, self.loc[...], mean)
-    self.log_scale[...] = jnp.where(done, self.log_scale[...],
-                                    jnp.log(std + self.eps))
+    log_scale = jnp.where(std < ACTNORM_MIN_STD, 0.0, jnp.log(std + self.eps))
+    self.log_scale[...] = jnp.where(done, self.log_scale[...], log_scale)
     self.initialized[...] = jnp.array(True)
 
   def forward(self, x):
@@ -87,7 +93,8 @@ class ActNorm(nnx.Module):
     return z * jnp.exp(self.log_scale[...]) + self.loc[...]
 
 
-def _actnorms(module: nnx.Module) -> list[ActNorm]:
+def actnorm_layers(module: nnx.Module) -> list[ActNorm]:
+  """Every ActNorm in ``module`` (a vectorised stack counts once)."""
   return [m for _, m in nnx.iter_modules(module) if isinstance(m, ActNorm)]
 
 
@@ -100,7 +107,7 @@ def data_init(module: nnx.Module) -> Iterator[nnx.Module]:
   static attribute, so it is part of the graph definition and retraces). ActNorms
   whose :class:`ActNormInitialized` flag is already set are left unchanged.
   """
-  layers = _actnorms(module)
+  layers = actnorm_layers(module)
   previous = [m.data_init_mode for m in layers]
   for m in layers:
     m.data_init_mode = True
@@ -114,4 +121,4 @@ def data_init(module: nnx.Module) -> Iterator[nnx.Module]:
 def is_initialized(module: nnx.Module) -> bool:
   """True when every ActNorm in ``module`` (every step of a stack) is initialised."""
   return all(bool(np.all(np.asarray(m.initialized[...])))
-             for m in _actnorms(module))
+             for m in actnorm_layers(module))

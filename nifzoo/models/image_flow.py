@@ -5,6 +5,9 @@
 followed by a low-dimensional flow, scored with the importance-weighted bound,
 paper App. B.4), chosen by ``prior``. Every public method is batched, takes
 integer images ``(B, H, W, C)`` in ``[0, num_levels)`` and is jit-friendly.
+Inputs are validated as :mod:`nifzoo.checks` describes: values only eagerly,
+or under jit through ``checks.checked``; using a model whose ActNorms were
+never initialised warns (eagerly).
 
 Densities are of the *discrete* data: ``log_prob`` includes the dequantisation
 log-det ``-D log L`` and the logit log-det, so ``bits_per_dim`` is the usual
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -121,17 +125,34 @@ class ImageFlow(nnx.Module):
           f"{name} must be an integer image array with values in "
           f"[0, {self.num_levels}), got dtype {dtype}.")
     checks.check_shape(x, name, (None, *self.image_shape))
+    checks.check_nonempty(x, name, "image")
+    msg = (f"{name} values must lie in [0, {self.num_levels}) for this model "
+           f"({self.num_levels} levels), got range [{{lo}}, {{hi}}].")
     if checks.is_concrete(x):
       lo, hi = int(np.min(x)), int(np.max(x))
       if lo < 0 or hi >= self.num_levels:
-        raise ValueError(
-            f"{name} values must lie in [0, {self.num_levels}) for this model "
-            f"({self.num_levels} levels), got range [{lo}, {hi}].")
+        raise ValueError(msg.format(lo=lo, hi=hi))
+    elif checks.functionalized():
+      lo, hi = jnp.min(x), jnp.max(x)
+      checks.value_check((lo >= 0) & (hi < self.num_levels), msg, lo=lo, hi=hi)
     return x
 
   def _check_latent(self, z):
     z = checks.check_float(z, "z")
-    return checks.check_shape(z, "z", (None, self.latent_dim))
+    z = checks.check_shape(z, "z", (None, self.latent_dim))
+    return checks.check_finite(z, "z")
+
+  def _warn_if_uninitialized(self, method: str):
+    """Warns (eagerly; never while traced) when ActNorms are not data-initialised."""
+    flags = [m.initialized[...] for m in flows.actnorm_layers(self)]
+    if not all(checks.is_concrete(f) for f in flags):
+      return
+    if not all(bool(np.all(np.asarray(f))) for f in flags):
+      warnings.warn(
+          f"ImageFlow.{method}: the ActNorms are not initialised (identity "
+          "scale and shift), so the result is not that of a trained model. "
+          "Call model.initialize(batch) on a batch of data first, or load "
+          "trained weights (nifzoo.zoo.load).", UserWarning, stacklevel=3)
 
   # ------------------------------------------------------------------ pieces
   def flow_latent(self, x, key=None):
@@ -162,7 +183,10 @@ class ImageFlow(nnx.Module):
 
     ``key`` draws the dequantisation noise, so the statistics are those of the
     training inputs (None: u = 1/2). Idempotent: an ActNorm that is already
-    initialised (e.g. restored from a checkpoint) keeps its parameters.
+    initialised (e.g. restored from a checkpoint) keeps its parameters. A
+    channel constant on the batch keeps scale 1 (``flows.ActNorm``). Under jit
+    out-of-range images are not refused (they write NaN into the ActNorms):
+    wrap the jitted function in ``checks.checked``.
     """
     self._check_images(batch, "batch")
     with flows.data_init(self):
@@ -181,11 +205,14 @@ class ImageFlow(nnx.Module):
     dequantisation noise is random, otherwise it is 1/2.
     """
     self._check_images(x)
-    if self.prior == "normal":  # The NIF layer checks s (> 0) for the others.
+    if self.prior == "normal":  # s is unused.
       checks.check_noise_scale(noise_scale)
+    else:  # Densities need s > 0 (the NIF layer checks it too).
+      nif.gaussian.check_density_scale(noise_scale)
     if self.prior == "deepnif" and key is None:
       raise ValueError("The deep NIF's log_prob is an importance-weighted bound "
                        "and needs a `key`.")
+    self._warn_if_uninitialized("log_prob")
     deq_key, iw_key = (None, None) if key is None else jax.random.split(key)
     v, log_det = self.flow_latent(x, key=deq_key)
     if self.prior == "normal":
@@ -218,6 +245,10 @@ class ImageFlow(nnx.Module):
     """
     checks.check_choice(kind, "kind", ENCODINGS)
     self._check_images(x)
+    self._warn_if_uninitialized("encode")
+    return self._encode(x, kind, noise_scale)
+
+  def _encode(self, x, kind, noise_scale):
     v, _ = self.flow_latent(x)
     if self.prior == "normal":
       return v
@@ -243,9 +274,13 @@ class ImageFlow(nnx.Module):
     (floats in [0, 1]). The NF has no noise: ``key``, ``noise_scale`` and
     ``noise`` are unused.
     """
-    z = nif_latent(z)
+    z = self._check_latent(nif_latent(z))
+    self._warn_if_uninitialized("decode")
+    return self._decode(z, key, noise_scale, noise, output)
+
+  def _decode(self, z, key, noise_scale, noise, output):
     if self.prior == "normal":
-      return self.flow_inverse(self._check_latent(z), output)
+      return self.flow_inverse(z, output)
     v = self.nif.decode(z, key=key, noise_scale=noise_scale,
                         noise=noise or self.sample_noise)
     return self.flow_inverse(v, output)
@@ -253,8 +288,11 @@ class ImageFlow(nnx.Module):
   def reconstruct(self, x, *, kind: str = "stochastic_inverse", key=None,
                   noise_scale=0.0, noise=None, output: str = "levels"):
     """decode(encode(x)): the projection of x onto the learned manifold at s = 0."""
-    return self.decode(self.encode(x, kind=kind), key=key,
-                       noise_scale=noise_scale, noise=noise, output=output)
+    checks.check_choice(kind, "kind", ENCODINGS)
+    self._check_images(x)
+    self._warn_if_uninitialized("reconstruct")
+    z = nif_latent(self._encode(x, kind, 1.0))
+    return self._decode(z, key, noise_scale, noise, output)
 
   def sample_latent(self, key, n: int, *, temperature=1.0):
     """n latents (n, k) from the prior at temperature T, what ``decode`` takes.
@@ -279,13 +317,15 @@ class ImageFlow(nnx.Module):
     "levels" (integers in [0, L)) or "continuous" (floats in [0, 1], the
     flow's output before flooring; FID scores these).
     """
+    checks.check_noise_scale(temperature, "temperature")  # Before any work.
+    checks.check_noise_scale(noise_scale)
+    self._warn_if_uninitialized("sample")
     if self.prior == "normal":
       return self.flow_inverse(
           self.sample_latent(key, n, temperature=temperature), output)
     z_key, x_key = jax.random.split(key)
     z = self.sample_latent(z_key, n, temperature=temperature)
-    return self.decode(z, key=x_key, noise_scale=noise_scale, noise=noise,
-                       output=output)
+    return self._decode(z, x_key, noise_scale, noise, output)
 
   def to_float_images(self, x):
     """Integer levels in [0, L) -> float32 bin centres (x + 1/2) / L in (0, 1).

@@ -49,8 +49,22 @@ def _sizes(op):
   return math.prod(op.data_shape), math.prod(op.latent_shape)
 
 
-def _log_scale(s):
-  return jnp.log(jnp.asarray(s, jnp.float32))
+def _scale_terms(s):
+  """(1/s, log s) as float32, exact for any s > 0 a float64 holds.
+
+  A concrete s is converted in float64: in float32 s² underflows below s ~ 1e-19
+  and s itself is flushed to 0 below 1.2e-38 (XLA:CPU flushes subnormals), which
+  turned log p into −inf or NaN (−inf·s⁻² + ∞ from −log s). Densities then
+  divide by s twice, q·s⁻¹·s⁻¹, so they stay finite wherever the exact value is
+  a float32; beyond (|log p| > 3.4e38) they are −inf, never NaN.
+  """
+  if checks.is_concrete(s):
+    s64 = np.asarray(s, np.float64)
+    with np.errstate(divide="ignore"):
+      return (jnp.asarray(1.0 / s64, jnp.float32),
+              jnp.asarray(np.log(s64), jnp.float32))
+  s = jnp.asarray(s, jnp.float32)
+  return 1.0 / s, jnp.log(s)
 
 
 def _precision_stats(op, b, log_var, x):
@@ -77,8 +91,9 @@ def log_prob(op, b, log_var, x, s=1.0):
   r, prec, G, u = _precision_stats(op, b, log_var, x)
   F = op.factor(G, jnp.square(s))
   nu = op.solve(F, u)
-  quad = _sum_last(prec * r * (r - op.apply(nu)), n) / jnp.square(s)
-  return (-0.5 * quad - 0.5 * op.logdet(F) - (D - k) * _log_scale(s)
+  inv_s, log_s = _scale_terms(s)
+  quad = _sum_last(prec * r * (r - op.apply(nu)), n) * inv_s * inv_s
+  return (-0.5 * quad - 0.5 * op.logdet(F) - (D - k) * log_s
           - 0.5 * _sum_last(log_var, n) - 0.5 * D * LOG_2PI)
 
 
@@ -104,7 +119,8 @@ def project(op, b, log_var, x, s=1.0) -> Projection:
   mean = op.solve(F, u)
   e = r - op.apply(mean)
   quad = _sum_last(prec * jnp.square(e), n)
-  log_h = (-0.5 * quad / jnp.square(s) - (D - k) * _log_scale(s)
+  inv_s, log_s = _scale_terms(s)
+  log_h = (-0.5 * quad * inv_s * inv_s - (D - k) * log_s
            - 0.5 * _sum_last(log_var, n) - 0.5 * op.logdet(F)
            - 0.5 * (D - k) * LOG_2PI)
   return Projection(mean, F, log_h)
