@@ -144,10 +144,10 @@ class ImageFlow(nnx.Module):
 
   def _warn_if_uninitialized(self, method: str):
     """Warns (eagerly; never while traced) when ActNorms are not data-initialised."""
-    flags = [m.initialized[...] for m in flows.actnorm_layers(self)]
-    if not all(checks.is_concrete(f) for f in flags):
+    if not all(checks.is_concrete(m.initialized[...])
+               for m in flows.actnorm_layers(self)):
       return
-    if not all(bool(np.all(np.asarray(f))) for f in flags):
+    if not flows.is_initialized(self):
       warnings.warn(
           f"ImageFlow.{method}: the ActNorms are not initialised (identity "
           "scale and shift), so the result is not that of a trained model. "
