@@ -32,51 +32,103 @@ from nifzoo.flows import _base
 _zeros = nnx.initializers.zeros
 
 
-_NHWC = ("NHWC", "HWIO", "NHWC")
+def _pad_hw(x):
+  """Zero-pads axes 1 and 2 (H, W) by one on each side."""
+  pad = [(0, 0)] * x.ndim
+  pad[1] = pad[2] = (1, 1)
+  return jnp.pad(x, pad)
 
 
-def _conv(x, kernel, padding="SAME"):
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding,
-                                      dimension_numbers=_NHWC)
+_TAPS = tuple((r, c) for r in range(3) for c in range(3))
+
+
+def _patches(x, flip=False):
+  """im2col: (B, H, W, C) -> (B, H, W, 9 C), ``[..., (r, c, ch)] = pad(x)[b, h+r, w+c, ch]``
+  for taps (r, c) in row-major order; ``flip`` takes ``pad(x)[b, h+2-r, w+2-c, ch]``."""
+  _, h, w, _ = x.shape
+  xp = _pad_hw(x)
+  taps = [(2 - r, 2 - c) if flip else (r, c) for r, c in _TAPS]
+  return jnp.concatenate([xp[:, r:r + h, c:c + w] for r, c in taps], -1)
+
+
+def _shifted_sum(z):
+  """col2im: (B, H, W, 9, O) -> (B, H, W, O), ``y[b,h,w] = sum_{r,c} pad(z)[b, h+r, w+c, 3r+c]``."""
+  _, h, w, _, _ = z.shape
+  zp = _pad_hw(z)
+  return sum(zp[:, r:r + h, c:c + w, 3 * r + c] for r, c in _TAPS)
+
+
+def _matmul(a, b, contract_a=1):
+  """(M, K) @ (K, N), or (K, M)^T @ (K, N) with ``contract_a=0`` (no transposed copy)."""
+  return jax.lax.dot_general(a, b, (((contract_a,), (0,)), ((), ())))
+
+
+def _conv_gemm(x, kernel):
+  """y[b,h,w,o] = sum_{r,c,i} pad(x)[b,h+r,w+c,i] k[r,c,i,o] as ONE matrix product over
+  the B H W positions, shifting whichever side has fewer channels:
+
+    I <= O:  y = patches(x) (BHW, 9I) @ k (9I, O)
+    I >  O:  z = x (BHW, I) @ k (I, 9O), then y = shifted_sum(z)
+
+  (B, H, W, I), (3, 3, I, O) -> (B, H, W, O). The copy is 9 min(I, O) numbers per
+  position; the product has the large B H W as its rows either way."""
+  b, h, w, i = x.shape
+  o = kernel.shape[-1]
+  if i <= o:
+    y = _matmul(_patches(x).reshape(-1, 9 * i), kernel.reshape(9 * i, o))
+    return y.reshape(b, h, w, o)
+  z = _matmul(x.reshape(-1, i), jnp.transpose(kernel, (2, 0, 1, 3)).reshape(i, 9 * o))
+  return _shifted_sum(z.reshape(b, h, w, 9, o))
 
 
 def _conv3x3_grad_x(dy, kernel):
   """dL/dx = conv(dy, kernel flipped in H, W with I and O swapped): (B, H, W, I)."""
-  return _conv(dy, jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2)))
+  return _conv_gemm(dy, jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2)))
 
 
 def _conv3x3_grad_kernel(x, dy):
-  """dL/dk[r, c, i, o] = sum_{b,h,w} pad(x)[b, h+r, w+c, i] dy[b, h, w, o]:
-  conv of x as (I, H, W, B) with dy as (H, W, B, O), padding 1 -> (3, 3, I, O)."""
-  dk = _conv(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(dy, (1, 2, 0, 3)),
-             ((1, 1), (1, 1)))
-  return jnp.transpose(dk, (1, 2, 0, 3))
+  """dL/dk[r,c,i,o] = sum_{b,h,w} pad(x)[b,h+r,w+c,i] dy[b,h,w,o] -> (3, 3, I, O), one
+  product contracting the B H W positions; the side with fewer channels is shifted:
+
+    I <= O:  patches(x)^T (9I, BHW) @ dy (BHW, O)
+    I >  O:  x^T (I, BHW) @ patches(dy, flip) (BHW, 9O)  (pad(x)[h+r] pairs dy[h],
+             i.e. x[h'] pairs pad(dy)[h'+2-r])."""
+  i, o = x.shape[-1], dy.shape[-1]
+  if i <= o:
+    dk = _matmul(_patches(x).reshape(-1, 9 * i), dy.reshape(-1, o), contract_a=0)
+    return dk.reshape(3, 3, i, o)
+  dk = _matmul(x.reshape(-1, i), _patches(dy, flip=True).reshape(-1, 9 * o),
+               contract_a=0)
+  return jnp.transpose(dk.reshape(i, 3, 3, o), (1, 2, 0, 3))
 
 
 @jax.custom_jvp
 def conv3x3(x, kernel):
   """3x3 'SAME' convolution: (B, H, W, I), (3, 3, I, O) -> (B, H, W, O).
 
-  ``lax.conv_general_dilated(x, kernel, (1, 1), "SAME")`` (NHWC/HWIO). Its
-  derivative is defined so that reverse mode computes dx and dk as convolutions
-  in canonical NHWC/HWIO form (``_conv3x3_grad_x``, ``_conv3x3_grad_kernel``):
-  the tangent map is written as the transpose of those two linear maps, so
-  transposing it again (reverse mode) gives them back. Forward mode
-  (``jax.jacfwd``) works as usual.
+  Equal to ``lax.conv_general_dilated(x, kernel, (1, 1), "SAME")`` (NHWC/HWIO), but
+  computed as matrix products (``_conv_gemm``): the forward, dL/dx and dL/dk are each
+  one GEMM whose rows are the B H W positions, plus a copy of 9 min(I, O) numbers per
+  position (im2col of the thinner side, or a shifted sum of the product). The
+  derivative is defined so that reverse mode computes dx and dk that way too
+  (``_conv3x3_grad_x``, ``_conv3x3_grad_kernel``): the tangent map is written as the
+  transpose of those two linear maps, so transposing it again (reverse mode) gives
+  them back. Forward mode (``jax.jacfwd``) works as usual.
 
-  Why: XLA:CPU (jax 0.10.2) runs the convolutions that plain autodiff emits
-  for the gradient (non-canonical dimension orders) with a naive loop when they
-  sit inside a ``while`` (``scan``, the Glow's steps): about 30x slower than
-  unrolled. In canonical form they run at full speed there.
+  Why (``bench/README.md``, the profile): on XLA:CPU (jax 0.10.2) native convolutions of the
+  Glow's shapes run at 10-25 GFLOP/s (YNNPACK; the weight gradient of a conv with few
+  output channels is the slowest), and the convolutions autodiff emits for the
+  gradient run as a naive loop inside a ``while`` (``scan``). The products run at
+  matmul speed.
   """
-  return _conv(x, kernel)
+  return _conv_gemm(x, kernel)
 
 
 @conv3x3.defjvp
 def _conv3x3_jvp(primals, tangents):
   x, kernel = primals
   x_dot, kernel_dot = tangents
-  y = _conv(x, kernel)
+  y = _conv_gemm(x, kernel)
   dy = jax.ShapeDtypeStruct(y.shape, y.dtype)
   lin_x = jax.linear_transpose(lambda g: _conv3x3_grad_x(g, kernel), dy)
   lin_k = jax.linear_transpose(lambda g: _conv3x3_grad_kernel(x, g), dy)
