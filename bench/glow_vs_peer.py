@@ -316,8 +316,12 @@ def main(argv=None):
              f"(bench/README.md) or pass --peer-python.")
   extras = not args.no_extras
   me = [sys.executable, __file__, f"--steps={args.steps}"]
-  # nifzoo processes as launch/train.py runs them (one OpenBLAS thread).
-  nz = {"OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
+  # nifzoo processes as launch/train.py runs them (one OpenBLAS thread, huge
+  # pages for malloc: nifzoo/runtime.py).
+  sys.path.insert(0, str(ROOT))
+  from nifzoo import runtime  # pylint: disable=g-import-not-at-top
+  nz = {k: v for k, v in runtime.with_defaults(os.environ).items()
+        if os.environ.get(k) != v}
   two_dev = dict(nz, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
                                " --xla_force_host_platform_device_count=2").strip())
   cases = {"nifzoo": (me + ["--worker=nifzoo"], nz)}
@@ -330,6 +334,11 @@ def main(argv=None):
   # sibling and a step can take 10x longer; passive waiting avoids that. The
   # ratio is taken against the faster of the two peer cases.
   cases["peer-passive"] = (peer, {"OMP_WAIT_POLICY": "PASSIVE"})
+  # The peer with nifzoo's malloc setting too, so that no gain of nifzoo's comes
+  # from the environment alone.
+  cases["peer-hugetlb"] = (peer, {"OMP_WAIT_POLICY": "PASSIVE",
+                                  "GLIBC_TUNABLES": nz.get("GLIBC_TUNABLES",
+                                                           runtime.HUGETLB)})
   cases["matmul"] = (me + ["--worker=matmul"], nz)
   if extras:
     cases["nifzoo-nif512"] = (me + ["--worker=nifzoo", f"--config={NIF_CONFIG}"],
@@ -381,8 +390,8 @@ def main(argv=None):
       if f"{kind}_times" in rs[0]:
         s[f"{kind}_images_per_s"] = BATCH / statistics.median(rs[0][f"{kind}_times"])
     summary[name] = s
-  peer_ips = max(summary[n]["images_per_s"]["median"]
-                 for n in ("peer", "peer-passive"))
+  peer_ips = max(s["images_per_s"]["median"] for n, s in summary.items()
+                 if n.startswith("peer"))
   ratios = {n: s["images_per_s"]["median"] / peer_ips
             for n, s in summary.items() if not n.startswith("peer")}
   if "nifzoo-nif512" in summary:
@@ -390,30 +399,36 @@ def main(argv=None):
                                  summary["nifzoo-nif512"]["images_per_s"]["median"]
                                  - 1)
 
-  print(f"\nparameters: nifzoo {summary['nifzoo']['params']:,}; normflows "
-        f"{summary['peer']['params']:,} ({summary['peer']['params_effective']:,} "
-        "effective: LU L/U stored as full matrices)")
-  print(f"step arithmetic: {flops / 1e9:.1f} GFLOP (analytic)"
-        + (f", XLA cost analysis {flop_count['xla_flops'] / 1e9:.1f} GFLOP"
-           if flop_count else "")
-        + f"; jax f32 matmul {matmul:.0f} GFLOP/s (median)")
-  print(f"{'case':<14} {'img/s':>7} {'(min-max)':>13} {'step s':>7} {'x peer':>6} "
-        f"{'GFLOP/s':>8} {'%mm':>4} {'compile':>8} {'RSS MB':>7} "
-        f"{'logp/s':>7} {'smpl/s':>7}")
+  report = []
+
+  def say(line=""):  # The table, printed and written beside the JSON.
+    print(line)
+    report.append(line)
+
+  say(f"\nparameters: nifzoo {summary['nifzoo']['params']:,}; normflows "
+      f"{summary['peer']['params']:,} ({summary['peer']['params_effective']:,} "
+      "effective: LU L/U stored as full matrices)")
+  say(f"step arithmetic: {flops / 1e9:.1f} GFLOP (analytic)"
+      + (f", XLA cost analysis {flop_count['xla_flops'] / 1e9:.1f} GFLOP"
+         if flop_count else "")
+      + f"; jax f32 matmul {matmul:.0f} GFLOP/s (median)")
+  say(f"{'case':<14} {'img/s':>7} {'(min-max)':>13} {'step s':>7} {'x peer':>6} "
+      f"{'GFLOP/s':>8} {'%mm':>4} {'compile':>8} {'RSS MB':>7} "
+      f"{'logp/s':>7} {'smpl/s':>7}")
   for name, s in summary.items():
     ips = s["images_per_s"]
     comp = s.get("compile_s", s.get("first_step_s"))["median"]
     ratio = ips["median"] / peer_ips
-    print(f"{name:<14} {ips['median']:7.1f} {ips['min']:6.1f}-{ips['max']:<6.1f} "
-          f"{s['step_s']:7.3f} {ratio:6.2f} {s['gflops']:8.1f} "
-          f"{100 * s['fraction_of_matmul']:4.0f} {comp:8.1f} "
-          f"{s['peak_rss_mb']:7.0f} {s.get('log_prob_images_per_s', 0):7.0f} "
-          f"{s.get('sample_images_per_s', 0):7.0f}")
+    say(f"{name:<14} {ips['median']:7.1f} {ips['min']:6.1f}-{ips['max']:<6.1f} "
+        f"{s['step_s']:7.3f} {ratio:6.2f} {s['gflops']:8.1f} "
+        f"{100 * s['fraction_of_matmul']:4.0f} {comp:8.1f} "
+        f"{s['peak_rss_mb']:7.0f} {s.get('log_prob_images_per_s', 0):7.0f} "
+        f"{s.get('sample_images_per_s', 0):7.0f}")
   if "nif512_overhead" in ratios:
-    print(f"NIF-512 prior adds {100 * ratios['nif512_overhead']:.1f} % to the NF "
-          "step")
-  print("(peer 'compile' column: its first step, ActNorm init included; "
-        "'x peer': against the faster peer case)")
+    say(f"NIF-512 prior adds {100 * ratios['nif512_overhead']:.1f} % to the NF "
+        "step")
+  say("(peer 'compile' column: its first step, ActNorm init included; "
+      "'x peer': against the faster peer case)")
 
   name = "glow_vs_peer" + (f"_{args.label}" if args.label else "") + ".json"
   out = RESULTS / name
@@ -427,7 +442,10 @@ def main(argv=None):
                   peer_threads=args.threads, reps=args.reps, steps=args.steps),
       train_flops=flops, matmul_gflops=matmul, **flop_count, ratios=ratios,
       summary=summary, runs=runs), indent=2) + "\n")
-  print(f"wrote {out}")
+  md = out.with_suffix(".txt")
+  md.write_text(f"nifzoo {git}, {summary['nifzoo']['params']:,} parameters\n"
+                + "\n".join(report).lstrip("\n") + "\n")
+  print(f"wrote {out} and {md.name}")
 
 
 if __name__ == "__main__":

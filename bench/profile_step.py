@@ -18,6 +18,7 @@ import collections
 import os
 import pathlib
 import re
+import resource
 import sys
 import tempfile
 import time
@@ -46,6 +47,21 @@ def op_times(trace_dir):
   return totals
 
 
+class _Tee:
+  """Writes to a file and to a stream."""
+
+  def __init__(self, *streams):
+    self.streams = streams
+
+  def write(self, text):
+    for st in self.streams:
+      st.write(text)
+
+  def flush(self):
+    for st in self.streams:
+      st.flush()
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--config", default="cifar10-nf,steps=8,width=128,scales=2,bits=8")
@@ -54,7 +70,11 @@ def main(argv=None):
   p.add_argument("--top", type=int, default=25)
   p.add_argument("--show-hlo", action="store_true")
   p.add_argument("--dump-hlo", default=None, help="write the optimised HLO here")
+  p.add_argument("--out", default=None,
+                 help="also write what is printed to this file (bench/results/...)")
   args = p.parse_args(argv)
+  if args.out:
+    sys.stdout = _Tee(open(args.out, "w"), sys.stdout)
 
   c = _step.compile_step(configs.get_config(args.config), args.batch)
   compiled, images = c.step, c.images
@@ -65,6 +85,20 @@ def main(argv=None):
   state = _step.initialized(c)
   state, m = compiled(state, images())
   jax.block_until_ready(m)
+  xs = [images() for _ in range(args.steps)]
+  # Unprofiled: wall, user and kernel CPU time and page faults per step (the
+  # temporaries are allocated afresh every step: bench/README.md, "Memory").
+  r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+  for x in xs:
+    state, m = compiled(state, x)
+    jax.block_until_ready(m)
+  r1, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - t0
+  n = args.steps
+  temp = compiled.memory_analysis().temp_size_in_bytes
+  print(f"unprofiled step {wall / n:.3f} s; per step: user {(r1.ru_utime - r0.ru_utime) / n:.3f}"
+        f" s, kernel {(r1.ru_stime - r0.ru_stime) / n:.3f} s CPU, "
+        f"{(r1.ru_minflt - r0.ru_minflt) / n:.0f} minor page faults; temporaries "
+        f"{temp / 2**20:.0f} MiB; GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
   xs = [images() for _ in range(args.steps)]
   with tempfile.TemporaryDirectory() as d:
     t0 = time.perf_counter()

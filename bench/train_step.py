@@ -24,6 +24,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from nifzoo import runtime  # noqa: E402  (no jax import)
 CASES = [
     # (registry name with overrides, batch, steps to time, compile only)
     ("digits-nif8,tiny", 32, 20, False),
@@ -87,8 +89,7 @@ def main():
   print(f"{'config':<20} {'batch':>5} {'params':>11} {'compile s':>9} "
         f"{'step s':>8} {'img/s':>8} {'peak RSS MB':>11}", flush=True)
   for i in cases:
-    env = dict(os.environ)
-    env.setdefault("OPENBLAS_NUM_THREADS", "1")  # As launch/train.py sets it.
+    env = runtime.with_defaults(os.environ)  # As launch/train.py runs.
     if args.host_devices:
       env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
                           f"device_count={args.host_devices}").strip()

@@ -17,11 +17,13 @@ import os
 import sys
 import time
 
-# One OpenBLAS thread, set before numpy loads it. jax runs its CPU Cholesky and
-# triangular solves (the NIF prior) in OpenBLAS, whose own threads then compete
-# with XLA's for the cores: a 512x512 Cholesky inside the train step took 570 ms
-# instead of 2 ms (bench/README.md, "Threads").
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+from nifzoo import runtime
+
+# Before anything else loads: one OpenBLAS thread (the NIF prior's Cholesky would
+# compete with XLA's threads) and huge pages for XLA's per-step temporaries; the
+# second is read at process start, so this re-executes the script once
+# (nifzoo/runtime.py, bench/README.md "Threads" and "Memory").
+runtime.reexec_with_defaults()
 
 from absl import app
 from absl import flags

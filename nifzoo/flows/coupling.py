@@ -82,7 +82,17 @@ def _conv_gemm(x, kernel):
 
 
 def _conv3x3_grad_x(dy, kernel):
-  """dL/dx = conv(dy, kernel flipped in H, W with I and O swapped): (B, H, W, I)."""
+  """dL/dx = conv(dy, kernel flipped in H, W with I and O swapped): (B, H, W, I).
+
+  With dy the thinner side (O <= I) its patches are taken flipped,
+  ``dx = patches(dy, flip) (BHW, 9O) @ k (9O, I)``, the same matrix
+  ``_conv3x3_grad_kernel`` multiplies by x, so the two share one copy."""
+  b, h, w, o = dy.shape
+  i = kernel.shape[2]
+  if o <= i:
+    dx = _matmul(_patches(dy, flip=True).reshape(-1, 9 * o),
+                 jnp.transpose(kernel, (0, 1, 3, 2)).reshape(9 * o, i))
+    return dx.reshape(b, h, w, i)
   return _conv_gemm(dy, jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2)))
 
 
@@ -92,7 +102,7 @@ def _conv3x3_grad_kernel(x, dy):
 
     I <= O:  patches(x)^T (9I, BHW) @ dy (BHW, O)
     I >  O:  x^T (I, BHW) @ patches(dy, flip) (BHW, 9O)  (pad(x)[h+r] pairs dy[h],
-             i.e. x[h'] pairs pad(dy)[h'+2-r])."""
+             i.e. x[h'] pairs pad(dy)[h'+2-r]; dx uses the same patches)."""
   i, o = x.shape[-1], dy.shape[-1]
   if i <= o:
     dk = _matmul(_patches(x).reshape(-1, 9 * i), dy.reshape(-1, o), contract_a=0)
@@ -130,9 +140,30 @@ def _conv3x3_jvp(primals, tangents):
   x_dot, kernel_dot = tangents
   y = _conv_gemm(x, kernel)
   dy = jax.ShapeDtypeStruct(y.shape, y.dtype)
-  lin_x = jax.linear_transpose(lambda g: _conv3x3_grad_x(g, kernel), dy)
-  lin_k = jax.linear_transpose(lambda g: _conv3x3_grad_kernel(x, g), dy)
-  return y, lin_x(x_dot)[0] + lin_k(kernel_dot)[0]
+
+  # Under jax.checkpoint, reverse mode keeps x and the kernel, not the im2col
+  # patches of x (9x larger): the backward pass copies them again.
+  @jax.checkpoint
+  def tangent(x, kernel, x_dot, kernel_dot):
+    lin_x = jax.linear_transpose(lambda g: _conv3x3_grad_x(g, kernel), dy)
+    lin_k = jax.linear_transpose(lambda g: _conv3x3_grad_kernel(x, g), dy)
+    return lin_x(x_dot)[0] + lin_k(kernel_dot)[0]
+
+  return y, tangent(x, kernel, x_dot, kernel_dot)
+
+
+@jax.custom_jvp
+def relu(x):
+  """``max(x, 0)``, any shape. Its derivative ``where(y > 0, t, 0)`` is computed from
+  the output y under ``jax.checkpoint``, so reverse mode keeps y (which the next
+  layer's weight gradient keeps anyway) instead of a separate boolean mask of x."""
+  return jnp.maximum(x, 0)
+
+
+@relu.defjvp
+def _relu_jvp(primals, tangents):
+  y = relu(primals[0])
+  return y, jax.checkpoint(lambda y, t: jnp.where(y > 0, t, 0))(y, tangents[0])
 
 
 class Conv3x3(nnx.Module):
@@ -161,8 +192,8 @@ class ConvConditioner(nnx.Module):
                             bias_init=_zeros, rngs=rngs)
 
   def __call__(self, x):
-    h = nnx.relu(self.conv_in(x))
-    h = nnx.relu(self.hidden(h))
+    h = relu(self.conv_in(x))
+    h = relu(self.hidden(h))
     return self.conv_out(h)
 
 
@@ -179,7 +210,7 @@ class MLPConditioner(nnx.Module):
 
   def __call__(self, x):
     for layer in self.layers:
-      x = nnx.relu(layer(x))
+      x = relu(layer(x))
     return self.out(x)
 
 

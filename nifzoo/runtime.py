@@ -1,0 +1,66 @@
+"""The process environment nifzoo's jobs run in on CPU (no jax or numpy import here).
+
+Two settings that a library cannot change once the process is running, measured in
+``bench/README.md`` ("Threads", "Memory"):
+
+* ``OPENBLAS_NUM_THREADS=1``: jax runs its CPU Cholesky and triangular solves (the
+  NIF prior's k x k factor) in OpenBLAS, whose own threads then compete with XLA's
+  for the cores. Read when numpy loads OpenBLAS.
+* ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``: XLA:CPU allocates the train step's
+  temporaries (the scan's stacked residuals, ~300 MB for the Glow benchmark) afresh
+  every step; glibc serves them with ``mmap`` and returns them with ``munmap``, so
+  every step faults in ~77,000 zeroed 4 KiB pages (0.25 s of kernel time per step
+  there). With this tunable glibc asks for transparent huge pages (2 MiB), which cuts
+  the faults to ~230 and the step by ~15 %. Read by the dynamic loader at process
+  start, so a running process must re-execute itself to get it
+  (:func:`reexec_with_defaults`). Without transparent huge pages in the kernel, or
+  outside glibc, it does nothing.
+
+``launch/train.py`` applies both; in a notebook or your own script, start Python with
+them (``OPENBLAS_NUM_THREADS=1 GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python ...``).
+A variable you have set yourself is left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Mapping
+
+HUGETLB = "glibc.malloc.hugetlb=1"
+# Set in the re-executed process, so that it never re-executes again.
+_REEXEC_MARK = "NIFZOO_REEXEC"
+
+
+def with_defaults(env: Mapping[str, str]) -> dict[str, str]:
+  """``env`` plus nifzoo's CPU defaults where it does not set them itself.
+
+  ``OPENBLAS_NUM_THREADS`` is added only if absent; ``glibc.malloc.hugetlb=1`` is
+  appended to ``GLIBC_TUNABLES`` (``:``-separated) unless it already names
+  ``glibc.malloc.hugetlb``.
+  """
+  out = dict(env)
+  out.setdefault("OPENBLAS_NUM_THREADS", "1")
+  tunables = out.get("GLIBC_TUNABLES", "")
+  if "glibc.malloc.hugetlb" not in tunables:
+    out["GLIBC_TUNABLES"] = ":".join(t for t in (tunables, HUGETLB) if t)
+  return out
+
+
+def reexec_with_defaults() -> None:
+  """Re-executes this process once (same pid, same argv) under :func:`with_defaults`.
+
+  Returns at once when the environment already has the defaults, or when this
+  process is itself the re-executed one; call it first thing in a script, before
+  anything is imported or started (threads, files, jax). Not on Windows (no
+  ``execve`` there): there it only sets ``OPENBLAS_NUM_THREADS``.
+  """
+  env = with_defaults(os.environ)
+  if env == dict(os.environ) or os.environ.get(_REEXEC_MARK) or os.name != "posix":
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    return
+  env[_REEXEC_MARK] = "1"
+  sys.stdout.flush()
+  sys.stderr.flush()
+  argv = list(getattr(sys, "orig_argv", None) or [sys.executable] + sys.argv)
+  os.execve(sys.executable, argv, env)
