@@ -19,6 +19,7 @@ import os
 import pathlib
 import re
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -76,6 +77,9 @@ def main(argv=None):
   if args.out:
     sys.stdout = _Tee(open(args.out, "w"), sys.stdout)
 
+  git = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"],
+                       capture_output=True, text=True).stdout.strip()
+  print(f"nifzoo {git}\n{args.config}, batch {args.batch}")
   c = _step.compile_step(configs.get_config(args.config), args.batch)
   compiled, images = c.step, c.images
   print(f"compile {c.compile_s:.1f} s")
