@@ -26,6 +26,7 @@ import statistics
 import time
 
 import jax
+import threadpoolctl
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -86,7 +87,11 @@ def bench_gaussian(dims, latents, repeats, dense_limit):
     dense_skip = None
     for k in latents:
       layer, x = gaussian_layer(D, k)
-      _, fast_s, fast_out = timed(jitted_log_prob(layer), x, repeats=repeats)
+      # The closed form with one BLAS thread, as launch/train.py runs (its k x k
+      # Cholesky's OpenBLAS threads would compete with XLA's: README "Threads");
+      # the dense O(D^3) path with the default threads, its fastest.
+      with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        _, fast_s, fast_out = timed(jitted_log_prob(layer), x, repeats=repeats)
       row = dict(D=D, k=k, batch=BATCH, fast_ms=1e3 * fast_s, dense_ms=None,
                  dense_warmup_s=None, speedup=None, max_abs_diff=None, note="")
       if dense_skip is not None:
@@ -196,7 +201,11 @@ def main(argv=None):
       jax=jax.__version__, backend=jax.default_backend(),
       device=str(jax.devices()[0]), cpus=os.cpu_count(),
       machine=platform.machine(), quick=args.quick, repeats=args.repeats,
-      dense_limit_s=args.dense_limit, gaussian=gauss, upsample=up,
+      dense_limit_s=args.dense_limit,
+      blas_threads=dict(closed_form=1, dense=[
+          i["num_threads"] for i in threadpoolctl.threadpool_info()
+          if i["user_api"] == "blas"]),
+      gaussian=gauss, upsample=up,
       stochastic_coupling=coupling)
   args.out.parent.mkdir(parents=True, exist_ok=True)
   args.out.write_text(json.dumps(result, indent=2) + "\n")
