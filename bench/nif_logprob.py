@@ -72,6 +72,24 @@ def timed(fn, *args, repeats: int, limit: float | None = None):
   return warm, statistics.median(times), out
 
 
+def load_lapack():
+  """Loads the OpenBLAS that jax's CPU Cholesky and triangular solves run in.
+
+  It is scipy's, a second library beside numpy's, loaded at jax's first LAPACK
+  call; threadpoolctl limits only libraries already loaded, so without this the
+  closed form's "one BLAS thread" silently ran with the default two (and took
+  ~110 instead of ~60 ms at D = 12288, k = 512: the idle OpenBLAS thread spins
+  on a core the next call's GEMMs need).
+  """
+  jax.block_until_ready(jnp.linalg.cholesky(jnp.eye(2)))
+
+
+def blas_threads():
+  """{library file: threads} of every loaded BLAS."""
+  return {pathlib.Path(i["filepath"]).name: i["num_threads"]
+          for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+
+
 def gaussian_layer(D, k, seed=0):
   rng = np.random.default_rng(seed)
   layer = GaussianNIF(D, k, rngs=nnx.Rngs(seed))
@@ -91,7 +109,9 @@ def bench_gaussian(dims, latents, repeats, dense_limit):
       # Cholesky's OpenBLAS threads would compete with XLA's: README "Threads");
       # the dense O(D^3) path with the default threads, its fastest.
       with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        closed_threads = blas_threads()
         _, fast_s, fast_out = timed(jitted_log_prob(layer), x, repeats=repeats)
+      assert set(closed_threads.values()) == {1}, closed_threads
       row = dict(D=D, k=k, batch=BATCH, fast_ms=1e3 * fast_s, dense_ms=None,
                  dense_warmup_s=None, speedup=None, max_abs_diff=None, note="")
       if dense_skip is not None:
@@ -180,8 +200,11 @@ def main(argv=None):
     dims, latents = [784, 3072, 12288], [64, 128, 256, 512]
     shapes = [(28, 28, 1), (32, 32, 3), (64, 64, 3), (128, 128, 3)]
 
+  load_lapack()
+  dense_threads = blas_threads()
   print(f"jax {jax.__version__} on {jax.default_backend()} "
         f"({os.cpu_count()} CPUs), batch {BATCH}, median of {args.repeats}")
+  print(f"BLAS threads: closed form 1, dense {dense_threads}")
   print("GaussianNIF.log_prob: closed form vs dense O(D³) (ms per batch)")
   print(f"  {'D':>6} {'k':>5} {'closed':>10} {'dense':>11} {'speed-up':>10} "
         f"{'|Δ|max':>9}")
@@ -202,9 +225,7 @@ def main(argv=None):
       device=str(jax.devices()[0]), cpus=os.cpu_count(),
       machine=platform.machine(), quick=args.quick, repeats=args.repeats,
       dense_limit_s=args.dense_limit,
-      blas_threads=dict(closed_form=1, dense=[
-          i["num_threads"] for i in threadpoolctl.threadpool_info()
-          if i["user_api"] == "blas"]),
+      blas_threads=dict(closed_form=1, dense=dense_threads),
       gaussian=gauss, upsample=up,
       stochastic_coupling=coupling)
   args.out.parent.mkdir(parents=True, exist_ok=True)

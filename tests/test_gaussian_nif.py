@@ -17,6 +17,7 @@ from flax import nnx
 from scipy import integrate, stats
 
 from nifzoo.nif import GaussianNIF
+from nifzoo.nif import linalg
 
 CONFIGS = [(5, 2), (4, 1), (7, 3)]
 SCALES = [0.3, 1.0, 2.0]
@@ -371,3 +372,18 @@ def test_log_prob_gradient_matches_dense(D, k):
   np.testing.assert_allclose(grads.A[...], M @ A, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(grads.log_var[...],
                              0.5 * s**2 * np.exp(lv) * np.diag(M), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("k", [3, linalg._GRAM_SPLIT_MIN_K])
+def test_gram_matrix_and_its_gradient_match_float64(k):
+  """G = aᵀa (one GEMM below the split size, three half-size blocks from it on):
+  exactly symmetric and equal to the float64 product; its VJP is a(Ḡ + Ḡᵀ)."""
+  rng = np.random.default_rng(3)
+  a = rng.normal(size=(40, k))
+  g_bar = rng.normal(size=(k, k))
+  G, vjp = jax.vjp(linalg.gram_matrix, jnp.asarray(a, jnp.float32))
+  G = np.asarray(G)
+  np.testing.assert_array_equal(G, G.T)
+  np.testing.assert_allclose(G, a.T @ a, rtol=1e-5, atol=1e-4)
+  (a_bar,) = vjp(jnp.asarray(g_bar, jnp.float32))
+  np.testing.assert_allclose(a_bar, a @ (g_bar + g_bar.T), rtol=1e-4, atol=1e-3)

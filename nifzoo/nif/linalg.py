@@ -36,10 +36,35 @@ from jax.scipy.linalg import solve_triangular
 import numpy as np
 
 
-def _gram_product(a):
-  """aᵀa contracting the long axis of a (D, k) -> (k, k), in one GEMM."""
-  return jax.lax.dot_general(a, a, (((0,), (0,)), ((), ())),
+# Below this k the three half-size GEMMs of the split Gram are no faster than one.
+_GRAM_SPLIT_MIN_K = 512
+
+
+def _at_b(a, b):
+  """aᵀb contracting the long axis D of a (D, m) and b (D, n) -> (m, n)."""
+  return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())),
                              precision=jax.lax.Precision.HIGHEST)
+
+
+def _gram_product(a):
+  """aᵀa for a (D, k) -> (k, k), exactly symmetric.
+
+  XLA has no symmetric rank-k update (BLAS SYRK), so a single ``dot_general``
+  computes both triangles. From k = 512 on, the columns are split in halves
+  a = [a₁ a₂] and only the blocks on and above the diagonal are multiplied,
+
+    G = [[a₁ᵀa₁, a₁ᵀa₂], [(a₁ᵀa₂)ᵀ, a₂ᵀa₂]],
+
+  3Dk²/2 flops instead of 2Dk² (47 → 36 ms at D = 12288, k = 512 on 2 cores;
+  bench/README.md). XLA fuses a producer of ``a`` (the √prec scaling) into the
+  two column slices, so A is still read once.
+  """
+  k = a.shape[-1]
+  if k < _GRAM_SPLIT_MIN_K:
+    return _at_b(a, a)
+  a1, a2 = a[:, :k // 2], a[:, k // 2:]
+  g12 = _at_b(a1, a2)
+  return jnp.block([[_at_b(a1, a1), g12], [g12.T, _at_b(a2, a2)]])
 
 
 @jax.custom_jvp
@@ -57,8 +82,7 @@ def gram_matrix(a):
 @gram_matrix.defjvp
 def _gram_matrix_jvp(primals, tangents):
   (a,), (a_dot,) = primals, tangents
-  s = jax.lax.dot_general(a, a_dot, (((0,), (0,)), ((), ())),
-                          precision=jax.lax.Precision.HIGHEST)
+  s = _at_b(a, a_dot)
   return _gram_product(a), s + s.T
 
 
