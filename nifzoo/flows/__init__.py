@@ -25,6 +25,8 @@ from nifzoo.flows.coupling import AffineCoupling
 from nifzoo.flows.coupling import Conv3x3
 from nifzoo.flows.coupling import ConvConditioner
 from nifzoo.flows.coupling import conv3x3
+from nifzoo.flows.coupling import Dense
+from nifzoo.flows.coupling import dense
 from nifzoo.flows.coupling import MLPConditioner
 from nifzoo.flows.coupling import VectorAffineCoupling
 from nifzoo.flows.glow import Glow
@@ -44,10 +46,10 @@ from nifzoo.flows.stack import ScannedStack
 
 __all__ = [
     "ActNorm", "ActNormInitialized", "AdditiveCoupling", "AffineCoupling",
-    "Conv3x3", "ConvConditioner", "Dequantize", "FlowConstant", "Glow", "GlowStep",
+    "Conv3x3", "ConvConditioner", "Dense", "Dequantize", "FlowConstant", "Glow", "GlowStep",
     "InvConv1x1", "Logit", "LowDimFlow", "LowDimStep", "MLPConditioner",
     "Permute", "Preprocess", "Reverse", "ScannedStack", "Squeeze",
-    "VectorAffineCoupling", "actnorm_layers", "conv3x3", "data_init",
+    "VectorAffineCoupling", "actnorm_layers", "conv3x3", "data_init", "dense",
     "glow_num_params", "is_initialized",
     "squeeze", "standard_normal_log_prob", "unsqueeze",
 ]

@@ -94,12 +94,10 @@ class InvConv1x1(nnx.Module):
   def forward(self, x):
     """x (B, ..., C) -> (z = x @ W^T, log_det = P log|det W| (B,))."""
     x = _base.check_features(x, "x", self.channels)
-    if self.parameterization == "colnorm":
-      z = jnp.einsum("...j,ij->...i", x, self.weight_matrix())
-    else:
-      l, u = self._lu_factors()
-      y = jnp.einsum("...j,ij->...i", x, l @ u)       # (L U' x), permuted rows
-      z = jnp.take(y, jnp.argsort(self.perm[...]), axis=-1)
+    # For "lu" the permutation is applied to the c x c matrix (its rows), not to
+    # the activations: a gather on (B, ..., C) would cost a pass forward and a
+    # scatter-add backward.
+    z = jnp.einsum("...j,ij->...i", x, self.weight_matrix())
     log_det = _base.num_positions(x) * self.log_abs_det_weight()
     return z, _base.per_example(log_det, x)
 

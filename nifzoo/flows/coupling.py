@@ -112,18 +112,46 @@ def _conv3x3_grad_kernel(x, dy):
   return jnp.transpose(dk.reshape(i, 3, 3, o), (1, 2, 0, 3))
 
 
-@jax.custom_jvp
-def conv3x3(x, kernel):
-  """3x3 'SAME' convolution: (B, H, W, I), (3, 3, I, O) -> (B, H, W, O).
+def _with_reverse_mode(forward, grad_x, grad_kernel):
+  """``forward(x, kernel)``, bilinear, as a ``jax.custom_jvp`` whose reverse mode
+  computes exactly ``grad_x(dy, kernel)`` and ``grad_kernel(x, dy)``.
+
+  The tangent map is written as the transpose of those two linear maps of dy, so
+  transposing it again (reverse mode) gives them back as written: the contraction
+  over positions and the operand layouts are ours, not autodiff's. Under
+  ``jax.checkpoint``, reverse mode keeps only ``x`` and ``kernel`` (not, say, the
+  im2col patches of x, 9x larger: the backward pass copies them again). Forward
+  mode (``jax.jacfwd``) works as usual.
+  """
+  f = jax.custom_jvp(forward)
+
+  @f.defjvp
+  def _jvp(primals, tangents):
+    x, kernel = primals
+    x_dot, kernel_dot = tangents
+    y = forward(x, kernel)
+    dy = jax.ShapeDtypeStruct(y.shape, y.dtype)
+
+    @jax.checkpoint
+    def tangent(x, kernel, x_dot, kernel_dot):
+      lin_x = jax.linear_transpose(lambda g: grad_x(g, kernel), dy)
+      lin_k = jax.linear_transpose(lambda g: grad_kernel(x, g), dy)
+      return lin_x(x_dot)[0] + lin_k(kernel_dot)[0]
+
+    return y, tangent(x, kernel, x_dot, kernel_dot)
+
+  return f
+
+
+conv3x3 = _with_reverse_mode(_conv_gemm, _conv3x3_grad_x, _conv3x3_grad_kernel)
+conv3x3.__doc__ = """3x3 'SAME' convolution: (B, H, W, I), (3, 3, I, O) -> (B, H, W, O).
 
   Equal to ``lax.conv_general_dilated(x, kernel, (1, 1), "SAME")`` (NHWC/HWIO), but
   computed as matrix products (``_conv_gemm``): the forward, dL/dx and dL/dk are each
   one GEMM whose rows are the B H W positions, plus a copy of 9 min(I, O) numbers per
-  position (im2col of the thinner side, or a shifted sum of the product). The
-  derivative is defined so that reverse mode computes dx and dk that way too
-  (``_conv3x3_grad_x``, ``_conv3x3_grad_kernel``): the tangent map is written as the
-  transpose of those two linear maps, so transposing it again (reverse mode) gives
-  them back. Forward mode (``jax.jacfwd``) works as usual.
+  position (im2col of the thinner side, or a shifted sum of the product). Reverse
+  mode computes dx and dk that way too (``_conv3x3_grad_x``,
+  ``_conv3x3_grad_kernel``, through ``_with_reverse_mode``).
 
   Why (``bench/README.md``, the profile): on XLA:CPU (jax 0.10.2) native convolutions of the
   Glow's shapes run at 10-25 GFLOP/s (YNNPACK; the weight gradient of a conv with few
@@ -131,25 +159,33 @@ def conv3x3(x, kernel):
   gradient run as a naive loop inside a ``while`` (``scan``). The products run at
   matmul speed.
   """
-  return _conv_gemm(x, kernel)
 
 
-@conv3x3.defjvp
-def _conv3x3_jvp(primals, tangents):
-  x, kernel = primals
-  x_dot, kernel_dot = tangents
-  y = _conv_gemm(x, kernel)
-  dy = jax.ShapeDtypeStruct(y.shape, y.dtype)
+def _dense_forward(x, kernel):
+  """(..., I) @ (I, O) -> (..., O) as one (positions, I) @ (I, O) product."""
+  return _matmul(x.reshape(-1, x.shape[-1]), kernel).reshape(
+      *x.shape[:-1], kernel.shape[-1])
 
-  # Under jax.checkpoint, reverse mode keeps x and the kernel, not the im2col
-  # patches of x (9x larger): the backward pass copies them again.
-  @jax.checkpoint
-  def tangent(x, kernel, x_dot, kernel_dot):
-    lin_x = jax.linear_transpose(lambda g: _conv3x3_grad_x(g, kernel), dy)
-    lin_k = jax.linear_transpose(lambda g: _conv3x3_grad_kernel(x, g), dy)
-    return lin_x(x_dot)[0] + lin_k(kernel_dot)[0]
 
-  return y, tangent(x, kernel, x_dot, kernel_dot)
+def _dense_grad_x(dy, kernel):
+  """dL/dx = dy @ kernel^T: (..., O), (I, O) -> (..., I)."""
+  return _dense_forward(dy, kernel.T)
+
+
+def _dense_grad_kernel(x, dy):
+  """dL/dk = x^T dy contracting the positions of both, (..., I), (..., O) -> (I, O)."""
+  return _matmul(x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1]),
+                 contract_a=0)
+
+
+dense = _with_reverse_mode(_dense_forward, _dense_grad_x, _dense_grad_kernel)
+dense.__doc__ = """``x @ kernel`` on the last axis: (..., I), (I, O) -> (..., O) (a 1x1 conv).
+
+  The same numbers as ``nnx.Linear`` without bias; reverse mode forms the kernel
+  gradient as one contraction of x and dy over the positions. Autodiff of
+  ``nnx.Linear`` inside ``nnx.scan`` makes XLA:CPU copy dy transposed (8 MB a Glow
+  step of the benchmark) before that product (``bench/README.md``, the profile).
+  """
 
 
 @jax.custom_jvp
@@ -181,13 +217,28 @@ class Conv3x3(nnx.Module):
     return conv3x3(x, self.kernel[...]) + self.bias[...]
 
 
+class Dense(nnx.Module):
+  """``nnx.Linear``'s parameters (``kernel`` (I, O), LeCun-normal; ``bias`` (O,),
+  zeros) applied with :func:`dense`: (..., I) -> (..., O)."""
+
+  def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs):
+    self.kernel = nnx.Param(nnx.initializers.lecun_normal()(
+        rngs.params(), (in_features, out_features), jnp.float32))
+    # A key is drawn for the bias as nnx.Linear does, so that every later draw
+    # (and so every initial parameter of a model) is the same as with nnx.Linear.
+    self.bias = nnx.Param(_zeros(rngs.params(), (out_features,), jnp.float32))
+
+  def __call__(self, x):
+    return dense(x, self.kernel[...]) + self.bias[...]
+
+
 class ConvConditioner(nnx.Module):
   """Glow's coupling network: (B, H, W, c_in) -> (B, H, W, c_out)."""
 
   def __init__(self, in_channels: int, width: int, out_channels: int, *,
                rngs: nnx.Rngs):
     self.conv_in = Conv3x3(in_channels, width, rngs=rngs)
-    self.hidden = nnx.Linear(width, width, rngs=rngs)     # the 1x1 conv
+    self.hidden = Dense(width, width, rngs=rngs)     # the 1x1 conv
     self.conv_out = Conv3x3(width, out_channels, kernel_init=_zeros,
                             bias_init=_zeros, rngs=rngs)
 
