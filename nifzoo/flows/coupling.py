@@ -117,8 +117,9 @@ def _with_reverse_mode(forward, grad_x, grad_kernel):
   computes exactly ``grad_x(dy, kernel)`` and ``grad_kernel(x, dy)``.
 
   The tangent map is written as the transpose of those two linear maps of dy, so
-  transposing it again (reverse mode) gives them back as written: the contraction
-  over positions and the operand layouts are ours, not autodiff's. Under
+  transposing it again (reverse mode) gives them back: the jaxpr carries transposes
+  that XLA folds into the products, and the compiled gradient has our contraction
+  over positions, not autodiff's (``tests/test_conv3x3.py`` checks it). Under
   ``jax.checkpoint``, reverse mode keeps only ``x`` and ``kernel`` (not, say, the
   im2col patches of x, 9x larger: the backward pass copies them again). Forward
   mode (``jax.jacfwd``) works as usual.
