@@ -2,7 +2,10 @@
 multi-process = single process, non-finite steps skipped or stopped."""
 
 import glob
+import hashlib
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -115,13 +118,36 @@ def test_resume_is_exact(tmp_path):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   _run_train(straight, "nif8,tiny", "--config.total_steps=8", *args)
   _run_train(resumed, "nif8,tiny", "--config.total_steps=4", *args)
+  # The same checkpoint as the older, example-level pipeline saved its position
+  # (step * batch examples): the resumed run converts it and is exact too.
+  older = str(tmp_path / "older")
+  shutil.copytree(resumed, older)
+  state_file = os.path.join(older, "checkpoints", "4", "data", "process_0-of-1.json")
+  with open(state_file) as f:
+    position = json.load(f)
+  assert position["next_index"] == 4
+  position["next_index"] = 4 * tiny_config().batch_size
+  with open(state_file, "w") as f:
+    json.dump(position, f)
+  # Record the edited file's checksum, as the older run's save would have.
+  sums_file = os.path.join(older, "checkpoints", "4", "checksums.json")
+  with open(sums_file) as f:
+    sums = json.load(f)
+  with open(state_file, "rb") as f:
+    sums["sha256"]["data/process_0-of-1.json"] = hashlib.sha256(f.read()).hexdigest()
+  with open(sums_file, "w") as f:
+    json.dump(sums, f)
   out = _run_train(resumed, "nif8,tiny", "--config.total_steps=8", *args)
-  assert "Resumed" in out.stderr
-  a, b = _restore_params(straight, 8), _restore_params(resumed, 8)
-  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert len(leaves_a) == len(leaves_b) > 0
-  for x, y in zip(leaves_a, leaves_b):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert "Resumed" in out.stderr and "converted" not in out.stderr
+  out_older = _run_train(older, "nif8,tiny", "--config.total_steps=8", *args)
+  assert "saved per example (older nifzoo); converted to batches" in out_older.stderr
+  a = _restore_params(straight, 8)
+  for other in (resumed, older):
+    b = _restore_params(other, 8)
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b) > 0
+    for x, y in zip(leaves_a, leaves_b):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   # The ActNorm init flags are in the checkpoint, so a restored model is not
   # re-initialised (the loop only initialises when there is no checkpoint).
   flags = _actnorm_flags(_restore(resumed, 4)["rest"])

@@ -6,8 +6,18 @@
     [start:stop]                          # this process's contiguous shard
     .shuffle(seed)                        # global permutation of the shard
     .repeat()                             # reseeds the shuffle every epoch
-    .to_iter_dataset(ReadOptions(...))    # in-process reader threads, no workers
     .batch(B_local)                       # dict of numpy arrays
+    .to_iter_dataset(ReadOptions(...))    # in-process reader threads, no workers
+
+Batching before ``to_iter_dataset`` makes the reader threads prefetch whole batches
+(each thread builds one): the consumer pops one future per step. Prefetching single
+examples and batching after made the training loop's own thread do per-example
+work (grain's prefetch polls its whole buffer on every example), on the step's
+critical path (``bench/input_pipeline.py`` times both); the batches are the same.
+The iterator position is then a
+batch count (``{"next_index": step}`` for the training iterator);
+:func:`upgrade_iterator_position` converts a position saved by the older
+example-level pipeline.
 
 Checkpoint the iterator with grain's Orbax handler
 (``grain.checkpoint.CheckpointSave(it)`` / ``CheckpointRestore(it)``, one JSON state
@@ -106,8 +116,9 @@ def make_dataset(
     repeat: repeat forever (batches run across epoch boundaries) or one epoch.
     drop_remainder: drop the last, smaller batch (only matters without repeat).
     process_index, process_count: default ``jax.process_index()/process_count()``.
-    num_threads: reader threads (in-process, no worker processes).
-    prefetch_buffer_size: examples read ahead; default ``2 * B_local``.
+    num_threads: reader threads (in-process, no worker processes), each building
+      whole batches.
+    prefetch_buffer_size: batches read ahead; default ``max(2, num_threads)``.
 
   Returns:
     A ``grain.IterDataset`` yielding ``{"image": int32 (B_local, H, W, C) in
@@ -141,8 +152,31 @@ def make_dataset(
     ds = ds.shuffle(seed=int(seed))
   if repeat:
     ds = ds.repeat(None)  # reseed_each_epoch: a new permutation every epoch.
+  ds = ds.batch(local_batch, drop_remainder=drop_remainder, batch_fn=_batch_fn)
   read = grain.ReadOptions(
       num_threads=num_threads,
-      prefetch_buffer_size=prefetch_buffer_size or 2 * local_batch)
-  return ds.to_iter_dataset(read).batch(
-      local_batch, drop_remainder=drop_remainder, batch_fn=_batch_fn)
+      prefetch_buffer_size=prefetch_buffer_size or max(2, num_threads))
+  return ds.to_iter_dataset(read)
+
+
+def upgrade_iterator_position(data_iter, step: int, local_batch: int) -> bool:
+  """Makes a training iterator restored at ``step`` count batches, not examples.
+
+  The training iterator yields one batch per step, so its position is ``step``.
+  A checkpoint of the pipeline that prefetched single examples (before batching
+  moved ahead of the prefetch) holds ``step * local_batch``: the same batches, so
+  the position converts exactly. Returns whether it converted; raises ValueError
+  for a position that is neither.
+  """
+  state = data_iter.get_state()
+  pos = state.get("next_index") if isinstance(state, dict) else None
+  if pos == step:
+    return False
+  if pos == step * local_batch:
+    data_iter.set_state({**state, "next_index": step})
+    return True
+  raise ValueError(
+      f"The data iterator checkpoint is at position {pos!r}, which matches "
+      f"neither step {step} (batches) nor step * local batch = "
+      f"{step * local_batch} (examples, older nifzoo): it was not written by "
+      "this run's training loop.")

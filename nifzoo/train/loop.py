@@ -249,6 +249,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
       mngr, ckpt_lib.abstract_like(state, mesh_lib.replicated(mesh)), train_iter)
   if start is not None:
     state = restored
+    local_batch = config.batch_size // jax.process_count()
+    try:
+      if data_lib.upgrade_iterator_position(train_iter, start, local_batch):
+        logging.info("The data position of step %d was saved per example (older "
+                     "nifzoo); converted to batches.", start)
+    except ValueError as e:
+      raise ConfigError(f"Cannot resume {workdir}: {e}") from e
     logging.info("Resumed from %s at step %d.", mngr.directory, start)
   else:
     start = 0
