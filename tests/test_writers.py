@@ -44,3 +44,33 @@ def test_without_tensorflow_other_processes_only_log(tmp_path, no_tensorflow):
   writer.write_scalars(1, {"x": 1.0})
   assert isinstance(writer, writers.JsonWriter) and not list(tmp_path.iterdir())
 
+
+
+@pytest.fixture
+def fresh_import_thread(monkeypatch):
+  monkeypatch.setattr(writers, "_import_thread", None)
+
+
+def test_background_import_without_tensorflow_still_falls_back(
+    tmp_path, monkeypatch, no_tensorflow, fresh_import_thread):
+  """start_import's thread meets the ImportError quietly; create_writer, which
+  waits for it, reports it and falls back as without the thread."""
+  warnings = []
+  monkeypatch.setattr(writers.logging, "warning", lambda msg, *a: warnings.append(msg % a))
+  writers.start_import()
+  writer = writers.create_writer(str(tmp_path))
+  assert not writers._import_thread.is_alive()
+  assert isinstance(writer, writers.JsonWriter)
+  assert len(warnings) == 1 and "tensorflow" in warnings[0]
+
+
+def test_background_import_gives_clu_writer(tmp_path, fresh_import_thread):
+  writers.start_import()
+  thread = writers._import_thread
+  writers.start_import()  # Once per process: the same thread.
+  assert writers._import_thread is thread
+  writer = writers.create_writer(str(tmp_path))
+  assert not thread.is_alive()
+  assert not isinstance(writer, writers.JsonWriter)
+  assert type(writer).__module__.startswith("clu.metric_writers")
+  writer.close()

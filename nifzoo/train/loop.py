@@ -221,6 +221,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   bits/dim, number of skipped non-finite steps).
   """
   check_config(config, workdir)
+  writers_lib.start_import()
   config = data_lib.finalize(config)
   if ckpt_lib.latest_step(workdir) is not None:
     check_resume_config(workdir, config)
@@ -232,11 +233,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
         json.dumps(models.wiring(config), indent=1))
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(config.batch_size)
-  writer = writers_lib.create_writer(workdir, just_logging=not is_chief)
-  hparams = traverse_util.flatten_dict(config.to_dict(), sep=".")
-  writer.write_hparams({k: v for k, v in hparams.items()
-                        if isinstance(v, (int, float, str, bool))})
-
   train_iter = iter(data_lib.make_dataset(
       config.data, "train", global_batch_size=config.batch_size,
       seed=config.seed, shuffle=True, repeat=True))
@@ -274,6 +270,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
             "parameters (a constant or corrupted first batch?).")
       logging.info("Initialised every ActNorm from one batch of %d images.",
                    config.batch_size)
+
+  # Created here, after the model is built, so that importing tensorflow (clu's
+  # TensorBoard writer) overlaps that work (writers.start_import).
+  writer = writers_lib.create_writer(workdir, just_logging=not is_chief)
+  hparams = traverse_util.flatten_dict(config.to_dict(), sep=".")
+  writer.write_hparams({k: v for k, v in hparams.items()
+                        if isinstance(v, (int, float, str, bool))})
 
   repl = mesh_lib.replicated(mesh)
   train_step = jax.jit(step_lib.make_train_step(graphdef, tx, config),

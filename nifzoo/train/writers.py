@@ -5,11 +5,16 @@ optional ``tensorboard`` extra. Without it, training still runs: ``JsonWriter``
 logs every scalar to the console and appends it to ``<workdir>/metrics.jsonl``,
 one ``{"step": ..., "name": value, ...}`` object a line (images are the sample
 PNGs the loop saves in ``<workdir>/samples/``).
+
+Importing tensorflow takes several seconds; the loop starts it in a background
+thread (:func:`start_import`) before building the model and creates the writer
+after, so the two overlap.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 
 from absl import logging
 from etils import epath
@@ -53,8 +58,31 @@ class JsonWriter:
     pass
 
 
+_import_thread = None
+
+
+def _import_clu() -> None:
+  try:
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    pass  # create_writer reports it.
+
+
+def start_import() -> None:
+  """Starts importing clu's writers (and so tensorflow, several seconds) in a
+  background thread, so that it overlaps building and compiling the model;
+  :func:`create_writer` waits for it."""
+  global _import_thread
+  if _import_thread is None:
+    _import_thread = threading.Thread(target=_import_clu, name="nifzoo-import-clu",
+                                      daemon=True)
+    _import_thread.start()
+
+
 def create_writer(workdir: str, *, just_logging: bool = False):
   """clu's default writer (console + TensorBoard), or ``JsonWriter`` without tensorflow."""
+  if _import_thread is not None:
+    _import_thread.join()
   try:
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
   except ImportError as e:
