@@ -106,3 +106,35 @@ def test_bits_per_dim_refuses_bad_input(model):
     evaluate.bits_per_dim(m, c.data, "test", num_draws=0)
   with pytest.raises(ValueError, match="indices must lie"):
     evaluate.bits_per_dim(m, c.data, "test", indices=[0, 300])
+
+
+def test_evaluating_again_reuses_the_program_and_uses_the_new_parameters(
+    split_301, model, monkeypatch):
+  """A second evaluation (another s, key, and a model of the same structure with
+  other parameters, as at a later checkpoint) traces the model once in all, and
+  each result is that model's own (oracle: a direct jitted average)."""
+  m, c = model
+  graphdef, state = nnx.split(m)
+  other = nnx.merge(graphdef, jax.tree.map(
+      lambda x: x * 1.05 if jnp.issubdtype(x.dtype, jnp.floating) else x, state))
+  traces = []
+  real = type(m).bits_per_dim
+
+  def counted(self, *args, **kwargs):
+    traces.append(1)
+    return real(self, *args, **kwargs)
+
+  monkeypatch.setattr(type(m), "bits_per_dim", counted)
+  images = np.stack([split_301[i]["image"] for i in range(301)]).astype(np.int32)
+  results = []
+  for model_, s in ((m, 1.0), (other, 0.9), (other, 0.9)):
+    r = evaluate.bits_per_dim(model_, c.data, "odd", batch_size=128, num_draws=4,
+                              noise_scale=s, key=jax.random.key(7))
+    results.append(r["bits_per_dim"])
+  assert len(traces) == 1
+  direct = [real(mm, jnp.asarray(images), key=jax.random.key(1), noise_scale=s)
+            for mm, s in ((m, 1.0), (other, 0.9))]
+  assert results[1] == results[2]
+  assert abs(results[0] - results[1]) > 10 * 2e-2     # the test can tell them apart
+  for got, d in zip(results, direct):
+    assert got == pytest.approx(float(jnp.mean(d)), abs=2e-2)

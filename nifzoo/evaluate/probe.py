@@ -20,6 +20,18 @@ from nifzoo import models
 from nifzoo.evaluate import bpd as bpd_lib
 
 
+@functools.lru_cache(maxsize=16)
+def _encode_fn(graphdef, kind: str, mesh):
+  """The jitted encoder of :func:`embeddings`, one per model structure, kind and
+  mesh (the train and test splits share its program): (state, images) -> (B, k)."""
+
+  @functools.partial(jax.jit, out_shardings=mesh_lib.replicated(mesh))
+  def encode(state, images):
+    return models.nif_latent(nnx.merge(graphdef, state).encode(images, kind=kind))
+
+  return encode
+
+
 def embeddings(model, data_config, split: str = "test", *,
                kind: str = "stochastic_inverse", batch_size: int = 256,
                mesh=None, indices=None, max_images: int | None = None):
@@ -31,10 +43,7 @@ def embeddings(model, data_config, split: str = "test", *,
   mesh = mesh_lib.make_mesh() if mesh is None else mesh
   graphdef, state = nnx.split(model)
   state = jax.device_put(state, mesh_lib.replicated(mesh))
-
-  @functools.partial(jax.jit, out_shardings=mesh_lib.replicated(mesh))
-  def encode(state, images):
-    return models.nif_latent(nnx.merge(graphdef, state).encode(images, kind=kind))
+  encode = _encode_fn(graphdef, kind, mesh)
 
   embs, labels = [], []
   for x, y, mask in bpd_lib.eval_batches(data_config, split, batch_size,
