@@ -14,10 +14,9 @@ Batching before ``to_iter_dataset`` makes the reader threads prefetch whole batc
 examples and batching after made the training loop's own thread do per-example
 work (grain's prefetch polls its whole buffer on every example), on the step's
 critical path (``bench/input_pipeline.py`` times both); the batches are the same.
-The iterator position is then a
-batch count (``{"next_index": step}`` for the training iterator);
-:func:`upgrade_iterator_position` converts a position saved by the older
-example-level pipeline.
+The iterator position is a batch count (``{"next_index": step}`` for the training
+iterator); :func:`upgrade_iterator_position` converts a position saved by the
+older, example-level pipeline.
 
 Checkpoint the iterator with grain's Orbax handler
 (``grain.checkpoint.CheckpointSave(it)`` / ``CheckpointRestore(it)``, one JSON state
