@@ -6,6 +6,8 @@ uint8 images that are a deterministic function of the record index.
 """
 
 import contextlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -83,6 +85,25 @@ def test_digits_split_sizes_values_labels():
   tr, te = digits_lib.digits_split_indices("train"), digits_lib.digits_split_indices("test")
   assert np.array_equal(tr, digits_lib.digits_split_indices("train"))
   assert sorted(np.concatenate([tr, te]).tolist()) == list(range(1797))
+
+
+def test_digits_are_sklearns_and_load_without_importing_it(monkeypatch):
+  from sklearn import datasets
+  from nifzoo.data import digits as digits_lib
+  bunch = datasets.load_digits()
+  want = np.rint(bunch.images).astype(np.uint8)[..., None], bunch.target
+  digits_lib.load_digits_arrays.cache_clear()
+  monkeypatch.setattr(digits_lib, "_digits_csv", lambda: None)
+  fallback = digits_lib.load_digits_arrays()
+  digits_lib.load_digits_arrays.cache_clear()
+  monkeypatch.undo()
+  for got in (digits_lib.load_digits_arrays(), fallback):
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+  # The CSV is read without `import sklearn` (about 2 s, it loads scipy).
+  code = ("import sys; from nifzoo.data import digits; digits.load_digits_arrays(); "
+          "assert 'sklearn' not in sys.modules and 'scipy' not in sys.modules")
+  subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_digits_batches_and_paper_split():

@@ -8,6 +8,9 @@ a permutation of the 1,797 indices seeded with ``DIGITS_SPLIT_SEED``; the first
 from __future__ import annotations
 
 import functools
+import gzip
+import importlib.util
+import pathlib
 
 import numpy as np
 
@@ -32,13 +35,40 @@ class ArraySource:
     return {"image": self.images[index], "label": self.labels[index]}
 
 
+def _digits_csv() -> pathlib.Path | None:
+  """scikit-learn's ``datasets/data/digits.csv.gz``, found without importing sklearn.
+
+  ``import sklearn`` takes about 2 s (it loads scipy); the file is what
+  ``sklearn.datasets.load_digits`` reads. None if it is not where it has been
+  since scikit-learn 0.x (then ``load_digits_arrays`` asks sklearn itself)."""
+  spec = importlib.util.find_spec("sklearn")  # Locates the package, runs nothing.
+  for root in (spec.submodule_search_locations or []) if spec else []:
+    path = pathlib.Path(root, "datasets", "data", "digits.csv.gz")
+    if path.is_file():
+      return path
+  return None
+
+
 @functools.lru_cache(maxsize=1)
 def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-  """All digits: images (1797, 8, 8, 1) uint8 in [0, 17), labels (1797,) int32."""
-  from sklearn import datasets  # pylint: disable=g-import-not-at-top
-  bunch = datasets.load_digits()
-  images = np.rint(bunch.images).astype(np.uint8)[..., None]
-  labels = bunch.target.astype(np.int32)
+  """All digits: images (1797, 8, 8, 1) uint8 in [0, 17), labels (1797,) int32.
+
+  The numbers of ``sklearn.datasets.load_digits()`` (its CSV, 64 grey levels then
+  the label per row, parsed as it parses them; ``tests/test_data.py`` compares)."""
+  path = _digits_csv()
+  if path is None:
+    from sklearn import datasets  # pylint: disable=g-import-not-at-top
+    bunch = datasets.load_digits()
+    flat, target = bunch.data, bunch.target
+  else:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+      table = np.loadtxt(f, delimiter=",")
+    flat, target = table[:, :-1], table[:, -1]
+  if flat.shape != (DIGITS_NUM_EXAMPLES, 64):
+    raise ValueError(f"scikit-learn's digits: expected ({DIGITS_NUM_EXAMPLES}, 64) "
+                     f"grey levels, got {flat.shape}.")
+  images = np.rint(flat).astype(np.uint8).reshape(-1, 8, 8, 1)
+  labels = target.astype(np.int32)
   images.setflags(write=False)
   labels.setflags(write=False)
   return images, labels
