@@ -88,12 +88,17 @@ def test_loss_decreases_on_digits():
   assert np.isfinite(before) and after < before - 0.2, (before, after)
 
 
-def _run_train(workdir, config_arg, *extra):
+def _start_train(workdir, config_arg, *extra):
   cmd = [sys.executable, TRAIN, f"--config={os.path.join(ROOT, 'configs', 'digits.py')}:{config_arg}",
          f"--workdir={workdir}", *extra]
-  out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-  assert out.returncode == 0, out.stderr[-4000:]
-  return out
+  return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc):
+  """Waits for a ``_start_train`` process; its stderr (the logs), asserting rc 0."""
+  _, stderr = proc.communicate(timeout=600)
+  assert proc.returncode == 0, stderr[-4000:]
+  return stderr
 
 
 def _restore(workdir, step):
@@ -116,8 +121,11 @@ def test_resume_is_exact(tmp_path):
   args = ("--config.checkpoint_every=4", "--config.sample_every=100",
           "--config.log_every=4", "--config.eval_batches=1")
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-  _run_train(straight, "nif8,tiny", "--config.total_steps=8", *args)
-  _run_train(resumed, "nif8,tiny", "--config.total_steps=4", *args)
+  # Each process is mostly one busy thread: the independent runs go in pairs.
+  runs = [_start_train(straight, "nif8,tiny", "--config.total_steps=8", *args),
+          _start_train(resumed, "nif8,tiny", "--config.total_steps=4", *args)]
+  for p in runs:
+    _finish(p)
   # The same checkpoint as the older, example-level pipeline saved its position
   # (step * batch examples): the resumed run converts it and is exact too.
   older = str(tmp_path / "older")
@@ -137,10 +145,11 @@ def test_resume_is_exact(tmp_path):
     sums["sha256"]["data/process_0-of-1.json"] = hashlib.sha256(f.read()).hexdigest()
   with open(sums_file, "w") as f:
     json.dump(sums, f)
-  out = _run_train(resumed, "nif8,tiny", "--config.total_steps=8", *args)
-  assert "Resumed" in out.stderr and "converted" not in out.stderr
-  out_older = _run_train(older, "nif8,tiny", "--config.total_steps=8", *args)
-  assert "saved per example (older nifzoo); converted to batches" in out_older.stderr
+  runs = [_start_train(w, "nif8,tiny", "--config.total_steps=8", *args)
+          for w in (resumed, older)]
+  log, log_older = [_finish(p) for p in runs]
+  assert "Resumed" in log and "converted" not in log
+  assert "saved per example (older nifzoo); converted to batches" in log_older
   a = _restore_params(straight, 8)
   for other in (resumed, older):
     b = _restore_params(other, 8)
