@@ -35,6 +35,40 @@ def _tiny_glow(conv, coupling, squeeze):
   return perturb(glow, 7, scale=0.05)
 
 
+# -- building a scanned stack ---------------------------------------------------
+
+_TRACES = []
+
+
+def _counted_step(*args, rngs):
+  _TRACES.append(args)
+  return flows.GlowStep(*args, rngs=rngs)
+
+
+def test_stack_init_is_one_program_per_step_shape_with_the_eager_numbers():
+  """Equal partials share one compiled init; its numbers are the eager vmap's."""
+  make = lambda: functools.partial(_counted_step, 4, 8)
+  _TRACES.clear()
+  a, b = [flows.ScannedStack(make(), 3, rngs=rngs(s)) for s in (5, 6)]
+  again = flows.ScannedStack(make(), 3, rngs=rngs(5))
+  assert len(_TRACES) == 1  # Traced once for the three stacks.
+
+  @nnx.split_rngs(splits=3)
+  @nnx.vmap(in_axes=(0,), out_axes=0)
+  def eager(r):
+    return flows.GlowStep(4, 8, rngs=r)
+
+  want = nnx.state(eager(rngs(5)))
+  for got in (a, again):
+    flat = jax.tree.leaves(nnx.state(got.steps))
+    assert len(flat) == len(jax.tree.leaves(want)) > 0
+    for x, y in zip(flat, jax.tree.leaves(want)):
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+  # Another seed draws other parameters.
+  ka, kb = a.steps.coupling.net.conv_in.kernel[...], b.steps.coupling.net.conv_in.kernel[...]
+  assert ka.shape == (3, 3, 3, 2, 8) and not np.allclose(ka, kb)
+
+
 # -- data-dependent init in a scanned stack -------------------------------------
 
 def test_data_init_reaches_every_step_of_a_scanned_stack():

@@ -151,8 +151,9 @@ def create_state(config, mesh):
   The model is built eagerly from the seed (identical on every process) and
   each array becomes a global array replicated over the mesh. Initialisers
   draw from an "rbg" key: on CPU, XLA compiles each threefry draw for about a
-  second. (Building inside one jit program was tried: XLA:CPU in jax 0.10.2
-  hung executing it for the CIFAR-10 paper config.)
+  second. Each scanned stack is initialised by one jitted program
+  (``flows.stack``); the whole model in one jit program was tried: XLA:CPU in
+  jax 0.10.2 hung executing it for the CIFAR-10 paper config.
   """
   tx = step_lib.make_optimizer(config)
   model = models.build(config, rngs=models.seeded_rngs(config.seed))
