@@ -148,7 +148,7 @@ def check_checkpoint_fits(workdir, state) -> None:
 def create_state(config, mesh):
   """Builds the model (same on every process) -> (graphdef, tx, replicated TrainState).
 
-  The model is built eagerly from the seed (identical on every process) and
+  The model is built from the seed (identical on every process) and
   each array becomes a global array replicated over the mesh. Initialisers
   draw from an "rbg" key: on CPU, XLA compiles each threefry draw for about a
   second. Each scanned stack is initialised by one jitted program
