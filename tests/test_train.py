@@ -88,17 +88,30 @@ def test_loss_decreases_on_digits():
   assert np.isfinite(before) and after < before - 0.2, (before, after)
 
 
+def _spawn(cmd, log):
+  """Starts ``cmd`` writing its stdout and stderr to the file ``log`` -> (proc, log).
+
+  A file, not a pipe: while ``_wait`` waits for one process, a pipe nobody reads
+  could fill and stall another (fatal for processes that sync with each other)."""
+  with open(log, "w") as f:
+    return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT), log
+
+
+def _wait(runs):
+  """Waits for ``_spawn``ed runs; their logs, asserting each exited with 0."""
+  logs = []
+  for proc, log in runs:
+    proc.wait(timeout=600)
+    with open(log) as f:
+      logs.append(f.read())
+    assert proc.returncode == 0, logs[-1][-4000:]
+  return logs
+
+
 def _start_train(workdir, config_arg, *extra):
-  cmd = [sys.executable, TRAIN, f"--config={os.path.join(ROOT, 'configs', 'digits.py')}:{config_arg}",
-         f"--workdir={workdir}", *extra]
-  return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _finish(proc):
-  """Waits for a ``_start_train`` process; its stderr (the logs), asserting rc 0."""
-  _, stderr = proc.communicate(timeout=600)
-  assert proc.returncode == 0, stderr[-4000:]
-  return stderr
+  return _spawn([sys.executable, TRAIN,
+                 f"--config={os.path.join(ROOT, 'configs', 'digits.py')}:{config_arg}",
+                 f"--workdir={workdir}", *extra], f"{workdir}.log")
 
 
 def _restore(workdir, step):
@@ -122,10 +135,8 @@ def test_resume_is_exact(tmp_path):
           "--config.log_every=4", "--config.eval_batches=1")
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   # Each process is mostly one busy thread: the independent runs go in pairs.
-  runs = [_start_train(straight, "nif8,tiny", "--config.total_steps=8", *args),
-          _start_train(resumed, "nif8,tiny", "--config.total_steps=4", *args)]
-  for p in runs:
-    _finish(p)
+  _wait([_start_train(straight, "nif8,tiny", "--config.total_steps=8", *args),
+         _start_train(resumed, "nif8,tiny", "--config.total_steps=4", *args)])
   # The same checkpoint as the older, example-level pipeline saved its position
   # (step * batch examples): the resumed run converts it and is exact too.
   older = str(tmp_path / "older")
@@ -145,9 +156,8 @@ def test_resume_is_exact(tmp_path):
     sums["sha256"]["data/process_0-of-1.json"] = hashlib.sha256(f.read()).hexdigest()
   with open(sums_file, "w") as f:
     json.dump(sums, f)
-  runs = [_start_train(w, "nif8,tiny", "--config.total_steps=8", *args)
-          for w in (resumed, older)]
-  log, log_older = [_finish(p) for p in runs]
+  log, log_older = _wait([_start_train(w, "nif8,tiny", "--config.total_steps=8", *args)
+                          for w in (resumed, older)])
   assert "Resumed" in log and "converted" not in log
   assert "saved per example (older nifzoo); converted to batches" in log_older
   a = _restore_params(straight, 8)
@@ -167,15 +177,9 @@ def test_resume_is_exact(tmp_path):
 
 
 def _worker(out, devices, *extra):
-  return subprocess.Popen(
-      [sys.executable, WORKER, f"--devices={devices}", f"--out={out}", *extra],
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _wait(procs):
-  for p in procs:
-    stdout, _ = p.communicate(timeout=600)
-    assert p.returncode == 0, stdout[-4000:]
+  log = f"{out}.{len(glob.glob(out + '.*.log'))}.log"  # Processes can share an out.
+  return _spawn([sys.executable, WORKER, f"--devices={devices}", f"--out={out}", *extra],
+                log)
 
 
 def _load(path):
