@@ -42,6 +42,7 @@ def tiny_entry(tmp_path_factory):
   return reg, str(root)
 
 
+@pytest.mark.slow
 def test_evaluate_launcher_end_to_end(tiny_entry):
   reg, root = tiny_entry
   launcher = _launcher()

@@ -1,8 +1,8 @@
 """Reliability of the training loop (issue 12): SIGTERM, damaged checkpoints,
 divergence, a full disk, preemption sync, config validation and resume refusal.
 One tiny digits run per module (a launch/train.py subprocess stopped by
-SIGTERM) is shared; the other tests copy its workdir (those resuming it in
-process for a few steps are marked slow)."""
+SIGTERM) is shared and the tests that use it copy its workdir; they are marked
+slow (a training process), the rest run in the fast set."""
 
 import json
 import os
@@ -51,6 +51,7 @@ def sigterm_run(tmp_path_factory):
   return workdir, proc.returncode, out
 
 
+@pytest.mark.slow
 def test_sigterm_saves_an_exit_checkpoint_and_exits_nonzero(sigterm_run):
   workdir, code, out = sigterm_run
   assert code == 143, out[-3000:]
@@ -70,6 +71,7 @@ def _copy(sigterm_run, tmp_path):
   return dst
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_is_refused_kept_and_skipped(sigterm_run, tmp_path):
   """64 flipped bytes in the newest checkpoint's data: resume from the one
   before, with a warning naming the file; the damaged one moves to damaged/."""
@@ -104,6 +106,7 @@ def test_damaged_checkpoint_is_refused_kept_and_skipped(sigterm_run, tmp_path):
     ckpt_lib.verify_checksums(moved)
 
 
+@pytest.mark.slow
 def test_resume_with_a_changed_model_field_is_refused(sigterm_run, tmp_path):
   workdir = _copy(sigterm_run, tmp_path)
   config = tiny_config()
@@ -353,6 +356,7 @@ def test_preemption_sync_point_saves_that_step_and_stops(sigterm_run, tmp_path,
 # ------------------------------------------------ resume with other code/shapes
 
 
+@pytest.mark.slow
 def test_resume_with_another_wiring_revision_is_refused(sigterm_run, tmp_path,
                                                         monkeypatch):
   """models.WIRING_REVISION bumped (the layers changed since the run started):
@@ -369,6 +373,7 @@ def test_resume_with_another_wiring_revision_is_refused(sigterm_run, tmp_path,
     zoo.load(workdir)
 
 
+@pytest.mark.slow
 def test_resume_with_other_shapes_names_them_and_moves_nothing(sigterm_run, tmp_path):
   """A workdir without config.json (older code) resumed with width 16: every
   checkpoint has the old shapes, so the error names them and says to use a
@@ -389,6 +394,7 @@ def test_resume_with_other_shapes_names_them_and_moves_nothing(sigterm_run, tmp_
   assert not os.path.exists(os.path.join(workdir, ckpt_lib.DAMAGED_DIR))
 
 
+@pytest.mark.slow
 def test_zoo_load_of_a_workdir_verifies_checksums(sigterm_run, tmp_path, caplog):
   """zoo.load(workdir) skips a damaged newest checkpoint (warning naming it,
   left in place) for the newest intact one; asking for that step refuses it."""
