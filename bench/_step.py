@@ -20,6 +20,7 @@ from nifzoo.train import step as step_lib  # noqa: E402
 class CompiledStep(NamedTuple):
   mesh: Any
   graphdef: Any
+  tx: Any                          # the optimizer
   state: Any                       # TrainState (ActNorms not yet initialised)
   images: Callable[[], jax.Array]  # a fresh random global batch of integer images
   step: Any                        # compiled step(state, images) -> (state, metrics)
@@ -38,11 +39,19 @@ def compile_step(config, batch: int, seed: int = 0) -> CompiledStep:
   rng = np.random.default_rng(seed)
   images = lambda: mesh_lib.global_batch(mesh, rng.integers(
       0, config.data.num_levels, (batch, *config.data.image_shape), np.int32))
+  c = CompiledStep(mesh, graphdef, tx, state, images, None, build_s, 0.0)
+  step, compile_s = compile_train_step(c, config)
+  return c._replace(step=step, compile_s=compile_s)
+
+
+def compile_train_step(c: CompiledStep, config, compiler_options=None):
+  """(compiled donating step(state, images), compile seconds) for c's model, with
+  XLA ``compiler_options`` (e.g. ``{"xla_cpu_prefer_vector_width": 512}``) if given."""
   t0 = time.perf_counter()
-  step = jax.jit(step_lib.make_train_step(graphdef, tx, config),
-                 donate_argnums=(0,)).lower(state, images()).compile()
-  return CompiledStep(mesh, graphdef, state, images, step, build_s,
-                      time.perf_counter() - t0)
+  step = jax.jit(step_lib.make_train_step(c.graphdef, c.tx, config),
+                 donate_argnums=(0,)).lower(c.state, c.images()).compile(
+                     compiler_options=compiler_options)
+  return step, time.perf_counter() - t0
 
 
 def initialized(c: CompiledStep):
