@@ -249,6 +249,36 @@ def test_nonfinite_step_is_skipped_or_stops(tmp_path, monkeypatch):
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
 
 
+def test_step_metrics_are_read_after_the_next_batch_is_sent(tmp_path, monkeypatch):
+  """The host does not wait for every step: step n's metrics are read once step
+  n+1's batch is sent (and the step dispatched). Steps that log or end the run,
+  and every step in stop mode (any of them may stop it), are read at once."""
+  events = []
+  real_batch, real_get = mesh_lib.global_batch, jax.device_get
+
+  def batch(mesh, images):
+    events.append("b")
+    return real_batch(mesh, images)
+
+  def get(x):
+    if isinstance(x, dict) and "finite" in x:  # A train step's metrics.
+      events.append("r")
+    return real_get(x)
+
+  monkeypatch.setattr(loop.mesh_lib, "global_batch", batch)
+  monkeypatch.setattr(loop.jax, "device_get", get)
+  config = tiny_config(total_steps=6, checkpoint_every=100, sample_every=100,
+                       eval_batches=1)  # log_every = 5
+  for mode, expected in (("skip", "bbrbrbrbrrbr"), ("stop", "brbrbrbrbrbr")):
+    events.clear()
+    config.on_nonfinite = mode
+    loop.train_and_evaluate(config, str(tmp_path / mode))
+    seq = "".join(events)
+    start = seq.index("b", 1)  # After the ActNorm init batch.
+    assert seq[start:start + len(expected)] == expected, (mode, seq)
+    assert seq.count("r") == 6
+
+
 @pytest.mark.slow
 def test_interrupted_run_saves_and_resumes_exactly(tmp_path, monkeypatch):
   """Ctrl-C after a batch was fetched but before its step: the exit checkpoint
