@@ -371,7 +371,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # (step, metrics) of the newest step while its metrics are unread. They are
   # read after the next step is dispatched, so the host fetches the next batch
   # and dispatches while the device still runs this step (reading them first
-  # stalls the host every step: digits-nif16 4.1-5.3 -> 3.2-3.4 ms a step).
+  # left one idle while the other worked: bench/README.md, "The main job").
   # Deferred only when that step cannot stop the run (skip mode, short of
   # max_consecutive_skips) and it is not a step that logs, samples or saves:
   # a run stops, logs and saves exactly where it did with every step read.
