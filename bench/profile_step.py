@@ -57,10 +57,10 @@ def split_dots(hlo, ops):
   ``wrapped_broadcast.*``, and copies XLA inserted) by their HLO kind. Eigen's
   products run beside other ops, so the time they take shows partly in others'."""
   bodies = dict(re.findall(r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.M | re.S))
+  lines = dict(re.findall(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*)$", hlo, re.M))
   dots, rest = 0.0, collections.defaultdict(float)
   for name, (t, _) in ops.items():
-    line = next((l for l in hlo.splitlines()
-                 if re.match(rf"^\s*(ROOT )?%?{re.escape(name)} = ", l)), "")
+    line = lines.get(name, "")
     called = re.search(r"calls=%?([\w.\-]+)", line)
     body = bodies.get(called.group(1), "") if called else ""
     if re.search(r"\bdot\(", line) or re.search(r"\bdot\(", body):

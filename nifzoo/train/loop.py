@@ -401,16 +401,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
         state, metrics = train_step(state, images)
         step += 1
         iter_state = None
+        last_step = step == config.total_steps
+        logs = last_step or step % config.log_every == 0
+        samples = last_step or step % config.sample_every == 0
+        saves = last_step or step % config.checkpoint_every == 0
         if pending:
           record(*pending)
         pending = (step, metrics)
-        if (config.on_nonfinite == "stop" or in_a_row + 1 >= max_skips
-            or step == config.total_steps or step % config.log_every == 0
-            or step % config.sample_every == 0
-            or step % config.checkpoint_every == 0):
+        if (logs or samples or saves or config.on_nonfinite == "stop"
+            or in_a_row + 1 >= max_skips):
           record(*pending)
           pending = None
-        if step % config.log_every == 0 or step == config.total_steps:
+        if logs:
           last = {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
           last["skipped_steps"] = skipped
           writer.write_scalars(step, last)
@@ -418,9 +420,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                        last.get("train_bits_per_dim", float("nan")))
           sums, count = {}, 0
         with progress.paused():  # Sampling, evaluation, saving: not train steps.
-          if step % config.sample_every == 0 or step == config.total_steps:
+          if samples:
             write_samples(step)
-          if step % config.checkpoint_every == 0 or step == config.total_steps:
+          if saves:
             last["test_bits_per_dim"] = evaluate(step)
             logging.info("step %d  test bits/dim %.4f", step,
                          last["test_bits_per_dim"])
