@@ -16,6 +16,7 @@ run in turn, repetition after repetition, so machine load hits all of them
 alike. Cases:
 
   nifzoo      the train step, default devices (1 CPU device, XLA's thread pool)
+  nifzoo-unroll the same with the Glow's step loops unrolled (``unroll=true``)
   nifzoo-2dev the same on 2 host devices (data-parallel over both cores)
   peer        normflows' train step (zero_grad, forward_kld, backward, Adam)
   matmul      float32 2048^2 matmul in jax: the machine's attainable GFLOP/s
@@ -53,6 +54,7 @@ IMAGE_SHAPE = (32, 32, 3)     # (H, W, C)
 SCALES, STEPS, WIDTH, BATCH, LR = 2, 8, 128, 64, 1e-3
 NIFZOO_CONFIG = f"cifar10-nf,steps={STEPS},width={WIDTH},scales={SCALES},bits=8"
 NIF_CONFIG = f"cifar10-nif512,steps={STEPS},width={WIDTH},scales={SCALES},bits=8"
+UNROLLED_CONFIG = NIFZOO_CONFIG + ",unroll=true"
 
 
 # ----------------------------------------------------------------------------
@@ -324,7 +326,9 @@ def main(argv=None):
         if os.environ.get(k) != v}
   two_dev = dict(nz, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
                                " --xla_force_host_platform_device_count=2").strip())
-  cases = {"nifzoo": (me + ["--worker=nifzoo"], nz)}
+  cases = {"nifzoo": (me + ["--worker=nifzoo"], nz),
+           "nifzoo-unroll": (me + ["--worker=nifzoo", f"--config={UNROLLED_CONFIG}"],
+                             nz)}
   if not args.no_2dev:
     cases["nifzoo-2dev"] = (me + ["--worker=nifzoo"], two_dev)
   peer = [args.peer_python, __file__, f"--steps={args.steps}", "--worker=peer",
@@ -437,7 +441,8 @@ def main(argv=None):
       benchmark="glow_vs_peer", label=args.label, git=git,
       date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
       machine=dict(cpus=os.cpu_count(), platform=platform.platform()),
-      config=dict(nifzoo=NIFZOO_CONFIG, nif=NIF_CONFIG, batch=BATCH, lr=LR,
+      config=dict(nifzoo=NIFZOO_CONFIG, nif=NIF_CONFIG, unrolled=UNROLLED_CONFIG,
+                  batch=BATCH, lr=LR,
                   peer="normflows MultiscaleFlow, GlowBlock x 8 x 2, width 128",
                   peer_threads=args.threads, reps=args.reps, steps=args.steps),
       train_flops=flops, matmul_gflops=matmul, **flop_count, ratios=ratios,

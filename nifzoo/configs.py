@@ -44,6 +44,7 @@ _SHORTCUTS = {
     "conv": ("model", "conv"),
     "squeeze": ("model", "squeeze"),
     "noise": ("model", "sample_noise"),
+    "unroll": ("model", "unroll"),
     "batch": (None, "batch_size"),
     "total_steps": (None, "total_steps"),
     "lr": (None, "learning_rate"),
@@ -126,6 +127,10 @@ def build_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigD
   m.sample_noise = "learned"
   # The paper's NIF has a bias b (x = Az + b + eps); the authors' code had none.
   m.nif_bias = True
+  # The Glow's step loops, as jax.lax.scan's unroll: 1 keeps one step body in a
+  # loop (compile time flat in depth); True unrolls them, same numbers, a faster
+  # train step on CPU for a longer compile (bench/README.md, "Unrolled stacks").
+  m.unroll = 1
   # Deep NIF low-dimensional flow (App. B.4) and its importance-weighted bound.
   # The paper says "4-layer, 1024-unit MLP"; the authors' code has 3 hidden
   # layers of 1024 plus the output layer: lowdim_depth counts hidden layers.

@@ -95,6 +95,11 @@ def test_overrides_and_entry_points():
   assert c.data.num_levels == 32 and c.model.latent_dim == 32
   assert c.model.steps_per_scale < 16 and c.model.width < 256
   assert configs.get_config("digits-nif16").data.num_levels == 17
+  # unroll (how the Glow's loops compile) is not wiring: checkpoints load either way.
+  from nifzoo import models
+  rolled, unrolled = (configs.get_config(f"cifar10-nf,unroll={u}") for u in (1, "true"))
+  assert rolled.model.unroll == 1 and unrolled.model.unroll is True
+  assert models.wiring(rolled) == models.wiring(unrolled)
 
 
 def test_unknown_names_suggest_close_matches():

@@ -91,12 +91,14 @@ class Glow(nnx.Module):
     conv: "lu" or "colnorm" (see :class:`InvConv1x1`).
     coupling: "affine" or "additive".
     squeeze: "channel_major" (authors) or "glow" (see :mod:`reshape`).
+    unroll: each scale's :class:`ScannedStack` loop, as ``jax.lax.scan``'s
+      (1: one step body in a loop; True: unrolled, same numbers).
   """
 
   def __init__(self, input_shape: Sequence[int], num_scales: int,
                steps_per_scale: int, width: int, *, conv: str = "lu",
                coupling: str = "affine", squeeze: str = "channel_major",
-               rngs: nnx.Rngs):
+               unroll: int | bool = 1, rngs: nnx.Rngs):
     input_shape = tuple(input_shape)
     if len(input_shape) != 3:
       raise ValueError(f"input_shape must be (H, W, C), got {input_shape}.")
@@ -123,7 +125,7 @@ class Glow(nnx.Module):
     self.scales = nnx.List([
         ScannedStack(functools.partial(GlowStep, cs, width, conv=conv,
                                        coupling=coupling),
-                     steps_per_scale, rngs=rngs)
+                     steps_per_scale, unroll=unroll, rngs=rngs)
         for cs in self.scale_channels])
 
   def _check(self, x, name):

@@ -5,6 +5,15 @@ leading ``num_steps`` axis, per-step keys from ``nnx.split_rngs``) and applied w
 ``nnx.scan``, so the traced program holds ONE step body whatever ``num_steps`` is:
 compile time does not grow with depth.
 
+``unroll`` is ``jax.lax.scan``'s: ``1`` (the default) keeps one body in a loop;
+``True`` (or ``num_steps``) unrolls it into ``num_steps`` copies, with the same
+parameters and the same numbers. Unrolled, the program has no loop, so the
+reverse pass reads each step's saved activations where the forward pass wrote
+them; in a loop, XLA stacks them into zero-filled ``(num_steps, ...)`` buffers and
+copies each step's slice out again, which on CPU costs about as much as the
+step's elementwise work (``bench/README.md``, "Unrolled stacks"). Compile time then grows with
+depth. Values in between (2 .. num_steps - 1) still stack and gain nothing here.
+
 The vmapped initialisers run as one jitted program, kept per (step, num_steps):
 run eagerly, each of their many small ops would be compiled on its own, the larger
 part of building a small model. The numbers are the same either way.
@@ -23,6 +32,7 @@ import functools
 from typing import Callable
 
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from nifzoo import checks
@@ -59,23 +69,37 @@ def _stacked_init(key, num_steps: int):
   return create
 
 
+def check_unroll(unroll) -> int | bool:
+  """``unroll`` as ``jax.lax.scan`` takes it: a bool, or a positive int."""
+  if isinstance(unroll, (bool, np.bool_)):
+    return bool(unroll)
+  if isinstance(unroll, (int, np.integer)) and unroll >= 1:
+    return int(unroll)
+  raise ValueError(
+      f"unroll must be True, False or a positive int (steps per loop "
+      f"iteration, as jax.lax.scan's), got {unroll!r}.")
+
+
 class ScannedStack(nnx.Module):
   """``num_steps`` bijections ``make_step(rngs=rngs)`` composed in order.
 
   forward: ``z = f_{n-1}(... f_0(x))``, ``log_det = sum_i log_det_i`` (B,);
   inverse: ``x = f_0^{-1}(... f_{n-1}^{-1}(z))`` (a reversed scan).
-  The stacked step module is ``self.steps`` (leading axis = step index).
+  The stacked step module is ``self.steps`` (leading axis = step index);
+  ``unroll`` as ``jax.lax.scan``'s (module docstring).
   """
 
   def __init__(self, make_step: Callable[..., nnx.Module],
-               num_steps: int, *, rngs: nnx.Rngs):
+               num_steps: int, *, unroll: int | bool = 1, rngs: nnx.Rngs):
     self.num_steps = checks.check_positive_int(num_steps, "num_steps")
+    self.unroll = check_unroll(unroll)
     self.steps = _stacked_init(_cache_key(make_step), self.num_steps)(rngs)
 
   def forward(self, x):
     """x (B, ...) -> (z (B, ...), log_det (B,))."""
 
-    @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry, graph_updates=False)
+    @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry, graph_updates=False,
+              unroll=self.unroll)
     def body(step, carry):
       h, log_det = carry
       h, ld = step.forward(h)
@@ -87,7 +111,7 @@ class ScannedStack(nnx.Module):
     """z (B, ...) -> x, steps applied in reverse order."""
 
     @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry, reverse=True,
-              graph_updates=False)
+              graph_updates=False, unroll=self.unroll)
     def body(step, h):
       return step.inverse(h)
 

@@ -53,14 +53,15 @@ STOP_ERRORS = (NonFiniteLossError, Preempted, ConfigError,
                ckpt_lib.CheckpointError, ckpt_lib.CheckpointSaveError)
 
 # Fields a resumed run may change: how long and how often, the optimiser's
-# hyperparameters (to recover from a divergence), where the data lives. Any
+# hyperparameters (to recover from a divergence), where the data lives, how the
+# step's loops are compiled (same parameters and numbers). Any
 # other change (model, data, batch, seed) is refused: the checkpoints hold a
 # different run.
 RESUMABLE_FIELDS = (
     "total_steps", "learning_rate", "warmup_steps", "grad_clip",
     "checkpoint_every", "keep_checkpoints", "log_every", "sample_every",
     "num_sample_images", "eval_batches", "eval_num_draws", "on_nonfinite",
-    "max_consecutive_skips", "init_from", "data.data_dir")
+    "max_consecutive_skips", "init_from", "data.data_dir", "model.unroll")
 
 
 def check_config(config, workdir) -> None:
