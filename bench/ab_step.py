@@ -1,10 +1,13 @@
-"""XLA compiler options on the train step, A/B in one process.
+"""XLA compiler options or config overrides on the train step, A/B in one process.
 
     python bench/ab_step.py --option xla_cpu_prefer_vector_width=512 \
         --option xla_cpu_enable_concurrency_optimized_scheduler=true
+    python bench/ab_step.py --override unroll=true --out bench/results/ab_unroll.json
 
 The model is built once; the step is compiled once with XLA's defaults (``base``)
-and once per ``--option`` (each its own variant), then a second time with the
+and once per ``--option`` (each its own variant) or per ``--override`` (a config
+override as in ``configs.get_config``'s argument, e.g. ``unroll=true``: the model is
+built again from the same seed), then a second time with the
 defaults (``base again``: the spread between two identical programs is the noise
 floor of the comparison). Every variant starts from the same state and batch
 (its first-step loss is printed: an option that changes the numbers shows
@@ -59,6 +62,8 @@ def main(argv=None):
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--option", action="append", type=parse_option, default=[],
                  help="NAME=VALUE of one variant (repeat for more variants)")
+  p.add_argument("--override", action="append", default=[],
+                 help="a config override KEY=VALUE as one variant (repeatable)")
   p.add_argument("--reps", type=int, default=12, help="timed steps per variant")
   p.add_argument("--out", default=str(ROOT / "bench" / "results" / "ab_step.json"))
   args = p.parse_args(argv)
@@ -67,15 +72,24 @@ def main(argv=None):
   c = _step.compile_step(config, args.batch)
   start = _step.initialized(c)
   variants = ([("base", None)] + [(f"{n}={v}", {n: v}) for n, v in args.option]
-              + [("base again", None)])
+              + [(o, o) for o in args.override] + [("base again", None)])
   first = c.images()
-  steps, states = {}, {}
+  steps, states, compiled = {}, {}, {}
   for name, options in variants:
-    step, compile_s = ((c.step, c.compile_s) if name == "base" else
-                       _step.compile_train_step(c, config, options))
-    state, m = step(jax.tree.map(jnp.copy, start), first)
+    begin = start
+    if name == "base":
+      step, compile_s = c.step, c.compile_s
+    elif name in args.override:
+      other = configs.get_config(f"{args.config},{options}")
+      oc = _step.compile_step(other, args.batch)
+      step, compile_s, begin = oc.step, oc.compile_s, _step.initialized(oc)
+    else:
+      step, compile_s = _step.compile_train_step(c, config, options)
+    state, m = step(jax.tree.map(jnp.copy, begin), first)
     jax.block_until_ready(m)
     steps[name], states[name] = step, state
+    compiled[name] = dict(compile_s=compile_s,
+                          first_bits_per_dim=float(m["bits_per_dim"]))
     print(f"{name}: compile {compile_s:.1f} s, first-step bits/dim "
           f"{float(m['bits_per_dim']):.6f}", flush=True)
   times = {name: [] for name, _ in variants}
@@ -92,7 +106,7 @@ def main(argv=None):
     t = np.asarray(times[name])
     rows.append(dict(variant=name, median_s=float(np.median(t)), min_s=float(t.min()),
                      ratio=float(np.median(t)) / base,
-                     images_per_s=args.batch / float(np.median(t))))
+                     images_per_s=args.batch / float(np.median(t)), **compiled[name]))
     print(f"{name:48s} median {1e3 * rows[-1]['median_s']:7.1f} ms  min "
           f"{1e3 * rows[-1]['min_s']:7.1f} ms  x base {rows[-1]['ratio']:.3f}")
   git = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h"],
