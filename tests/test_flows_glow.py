@@ -228,44 +228,47 @@ def test_lowdim_flow():
 
 # -- unrolled stacks --------------------------------------------------------------
 
-@pytest.mark.parametrize("unroll", [1, 2, True])
-def test_stack_unroll_computes_the_steps_one_after_another(unroll):
+def test_stack_unroll_computes_the_steps_one_after_another():
   """Any ``unroll`` gives the numbers of the steps applied one at a time as
   standalone modules (no scan): z, log_det, inverse and the parameter gradient."""
   c, n = 4, 3
-  stack = flows.ScannedStack(functools.partial(flows.GlowStep, c, 8), n,
-                             unroll=unroll, rngs=rngs(11))
-  perturb(stack, 12, scale=0.2)
   x = normal((5, 3, 3, c), seed=13, loc=0.5, scale=1.5)
-  graphdef, state, rest = nnx.split(stack, nnx.Param, ...)
+  want = None
+  for unroll in (1, 2, True):
+    stack = flows.ScannedStack(functools.partial(flows.GlowStep, c, 8), n,
+                               unroll=unroll, rngs=rngs(11))
+    perturb(stack, 12, scale=0.2)
+    graphdef, params, rest = nnx.split(stack, nnx.Param, ...)
 
-  def loss(state, x, via_steps):
-    s = nnx.merge(graphdef, state, rest)
-    if not via_steps:
-      z, log_det = s.forward(x)
-    else:
-      z, log_det = x, 0.0
-      for i in range(n):
-        z, ld = _step(s, i).forward(z)
-        log_det = log_det + ld
-    return jnp.sum(z**2) - jnp.sum(log_det), (z, log_det)
+    def loss(params, x, via_steps, graphdef=graphdef, rest=rest):
+      s = nnx.merge(graphdef, params, rest)
+      if not via_steps:
+        z, log_det = s.forward(x)
+      else:
+        z, log_det = x, 0.0
+        for i in range(n):
+          z, ld = _step(s, i).forward(z)
+          log_det = log_det + ld
+      return jnp.sum(z**2) - jnp.sum(log_det), (z, log_det)
 
-  (got, (z, ld)), g = jax.jit(jax.value_and_grad(
-      lambda s, x: loss(s, x, False), has_aux=True))(state, x)
-  (want, (z1, ld1)), g1 = jax.value_and_grad(
-      lambda s, x: loss(s, x, True), has_aux=True)(state, x)
-  np.testing.assert_allclose(z, z1, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(ld, ld1, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(got, want, rtol=1e-5)
-  leaves, leaves1 = jax.tree.leaves(g), jax.tree.leaves(g1)
-  assert len(leaves) == len(leaves1) > 0
-  for a, b in zip(leaves, leaves1):  # float32 sums: tolerance on the leaf's scale
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5 * np.max(np.abs(b)))
-  np.testing.assert_allclose(stack.inverse(z), x, atol=1e-4)
-  # The knob reaches the compiled program: a loop only when not fully unrolled.
-  hlo = jax.jit(lambda s, x: nnx.merge(graphdef, s, rest).forward(x)).lower(
-      state, x).as_text()
-  assert ("stablehlo.while" in hlo) == (unroll is not True)
+    grad = lambda via: jax.jit(jax.value_and_grad(
+        lambda p, x: loss(p, x, via), has_aux=True))(params, x)
+    if want is None:  # The same parameters for every unroll (same seed).
+      want = grad(True)
+    (got, (z, ld)), g = grad(False)
+    (want_loss, (z1, ld1)), g1 = want
+    np.testing.assert_allclose(z, z1, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ld, ld1, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, want_loss, rtol=1e-5)
+    leaves, leaves1 = jax.tree.leaves(g), jax.tree.leaves(g1)
+    assert len(leaves) == len(leaves1) > 0
+    for a, b in zip(leaves, leaves1):  # float32 sums: tolerance on the leaf's scale
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5 * np.max(np.abs(b)))
+    np.testing.assert_allclose(stack.inverse(z), x, atol=1e-4)
+    # The knob reaches the compiled program: a loop only when not fully unrolled.
+    hlo = jax.jit(lambda p, x: nnx.merge(graphdef, p, rest).forward(x)).lower(
+        params, x).as_text()
+    assert ("stablehlo.while" in hlo) == (unroll is not True), unroll
 
 
 def test_stack_unroll_is_checked():
