@@ -3,11 +3,14 @@
     python bench/ab_step.py --option xla_cpu_prefer_vector_width=512 \
         --option xla_cpu_enable_concurrency_optimized_scheduler=true
     python bench/ab_step.py --override unroll=true --out bench/results/ab_unroll.json
+    python bench/ab_step.py --other cifar10-nif512,steps=8,width=128,scales=2,bits=8 \
+        --out bench/results/ab_nif512.json
 
 The model is built once; the step is compiled once with XLA's defaults (``base``)
 and once per ``--option`` (each its own variant) or per ``--override`` (a config
 override as in ``configs.get_config``'s argument, e.g. ``unroll=true``: the model is
-built again from the same seed), then a second time with the
+built again from the same seed) or per ``--other`` (another config, e.g. the same
+Glow with the NIF-512 prior), then a second time with the
 defaults (``base again``: the spread between two identical programs is the noise
 floor of the comparison). Every variant starts from the same state and batch
 (its first-step loss is printed: an option that changes the numbers shows
@@ -64,6 +67,9 @@ def main(argv=None):
                  help="NAME=VALUE of one variant (repeat for more variants)")
   p.add_argument("--override", action="append", default=[],
                  help="a config override KEY=VALUE as one variant (repeatable)")
+  p.add_argument("--other", action="append", default=[],
+                 help="another config (a registry name with overrides) as one "
+                      "variant, e.g. the same Glow with another prior")
   p.add_argument("--reps", type=int, default=12, help="timed steps per variant")
   p.add_argument("--out", default=str(ROOT / "bench" / "results" / "ab_step.json"))
   args = p.parse_args(argv)
@@ -72,16 +78,16 @@ def main(argv=None):
   c = _step.compile_step(config, args.batch)
   start = _step.initialized(c)
   variants = ([("base", None)] + [(f"{n}={v}", {n: v}) for n, v in args.option]
-              + [(o, o) for o in args.override] + [("base again", None)])
+              + [(o, f"{args.config},{o}") for o in args.override]
+              + [(o, o) for o in args.other] + [("base again", None)])
   first = c.images()
   steps, states, compiled = {}, {}, {}
   for name, options in variants:
     begin = start
     if name == "base":
       step, compile_s = c.step, c.compile_s
-    elif name in args.override:
-      other = configs.get_config(f"{args.config},{options}")
-      oc = _step.compile_step(other, args.batch)
+    elif name in args.override or name in args.other:
+      oc = _step.compile_step(configs.get_config(options), args.batch)
       step, compile_s, begin = oc.step, oc.compile_s, _step.initialized(oc)
     else:
       step, compile_s = _step.compile_train_step(c, config, options)
