@@ -127,10 +127,11 @@ def build_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigD
   m.sample_noise = "learned"
   # The paper's NIF has a bias b (x = Az + b + eps); the authors' code had none.
   m.nif_bias = True
-  # The Glow's step loops, as jax.lax.scan's unroll: 1 keeps one step body in a
-  # loop (compile time flat in depth); True unrolls them, same numbers, a faster
-  # train step on CPU for a longer compile (bench/README.md, "Unrolled stacks").
-  m.unroll = 1
+  # The Glow's step loops (jax.lax.scan's unroll): False keeps one step body in a
+  # loop (compile time flat in depth); True unrolls them: the same numbers, a
+  # longer compile, a faster or slower step (bench/README.md, "Unrolled stacks").
+  # A bool, so that --config.model.unroll=true parses.
+  m.unroll = False
   # Deep NIF low-dimensional flow (App. B.4) and its importance-weighted bound.
   # The paper says "4-layer, 1024-unit MLP"; the authors' code has 3 hidden
   # layers of 1024 plus the output layer: lowdim_depth counts hidden layers.

@@ -97,8 +97,8 @@ def test_overrides_and_entry_points():
   assert configs.get_config("digits-nif16").data.num_levels == 17
   # unroll (how the Glow's loops compile) is not wiring: checkpoints load either way.
   from nifzoo import models
-  rolled, unrolled = (configs.get_config(f"cifar10-nf,unroll={u}") for u in (1, "true"))
-  assert rolled.model.unroll == 1 and unrolled.model.unroll is True
+  rolled, unrolled = (configs.get_config(f"cifar10-nf{u}") for u in ("", ",unroll=true"))
+  assert rolled.model.unroll is False and unrolled.model.unroll is True
   assert models.wiring(rolled) == models.wiring(unrolled)
 
 
