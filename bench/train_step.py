@@ -5,8 +5,10 @@
 
 Each case runs in its own process, so that its peak RSS (ru_maxrss) is its own:
 build + ActNorm init + compile the jitted train step, then time a few steps
-(images/s, median step time). The CelebA paper config (80 Glow steps) runs one
-timed step at batch 32: its compile time and the peak RSS of a real step.
+(images/s, median step time). The CelebA paper config (80 Glow steps) runs three
+timed steps at batch 32: its compile time and the peak RSS of a real step. The
+paper-size configs also run with ``unroll=true`` (the Glow's steps unrolled),
+each in its own process as a training run would.
 ``--host_devices=N`` runs every case on N XLA host devices (data parallel over
 the cores; the default is the one device jax gives a CPU). Prints a table and writes
 the whole results file from this one run (with the machine's load average, since
@@ -31,7 +33,9 @@ CASES = [
     ("digits-nif8,tiny", 32, 20, False),
     ("digits-nif16", 64, 20, False),
     ("cifar10-nif128", 32, 3, False),
-    ("celeba-nif128", 32, 1, False),   # The paper's 80-step Glow: compile + RSS.
+    ("cifar10-nif128,unroll=true", 32, 3, False),
+    ("celeba-nif128", 32, 3, False),   # The paper's 80-step Glow: compile + RSS.
+    ("celeba-nif128,unroll=true", 32, 3, False),
 ]
 
 
