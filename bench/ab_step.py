@@ -86,7 +86,7 @@ def main(argv=None):
     begin = start
     if name == "base":
       step, compile_s = c.step, c.compile_s
-    elif name in args.override or name in args.other:
+    elif isinstance(options, str):  # --override or --other: a config to build.
       oc = _step.compile_step(configs.get_config(options), args.batch)
       step, compile_s, begin = oc.step, oc.compile_s, _step.initialized(oc)
     else:

@@ -70,15 +70,11 @@ def _stacked_init(key, num_steps: int):
   return create
 
 
-def check_unroll(unroll) -> int | bool:
+def _check_unroll(unroll) -> int | bool:
   """``unroll`` as ``jax.lax.scan`` takes it: a bool, or a positive int."""
   if isinstance(unroll, (bool, np.bool_)):
     return bool(unroll)
-  if isinstance(unroll, (int, np.integer)) and unroll >= 1:
-    return int(unroll)
-  raise ValueError(
-      f"unroll must be True, False or a positive int (steps per loop "
-      f"iteration, as jax.lax.scan's), got {unroll!r}.")
+  return checks.check_positive_int(unroll, "unroll")
 
 
 class ScannedStack(nnx.Module):
@@ -93,7 +89,7 @@ class ScannedStack(nnx.Module):
   def __init__(self, make_step: Callable[..., nnx.Module],
                num_steps: int, *, unroll: int | bool = 1, rngs: nnx.Rngs):
     self.num_steps = checks.check_positive_int(num_steps, "num_steps")
-    self.unroll = check_unroll(unroll)
+    self.unroll = _check_unroll(unroll)
     self.steps = _stacked_init(_cache_key(make_step), self.num_steps)(rngs)
 
   def forward(self, x):

@@ -88,8 +88,9 @@ class ImageFlow(nnx.Module):
     num_iw_samples: default N of the importance-weighted bound (deep NIF).
     sample_noise: default noise mode of ``sample`` ("learned" | "isotropic").
     unroll: the Glow's step loops, as ``jax.lax.scan``'s ``unroll`` (1: rolled,
-      compile time flat in depth; True: unrolled, a faster train step on CPU).
-      The same parameters and numbers either way.
+      compile time flat in depth; True: unrolled, a longer compile, a faster or
+      slower step by config: ``bench/README.md``, "Unrolled stacks"). The same
+      parameters and numbers either way.
   """
 
   def __init__(self, image_shape, num_levels: int, *, prior: str = "nif",
