@@ -1,6 +1,8 @@
 """3x3 convolution: values, gradients and tangents against float64 oracles; canonical
 convolutions in the gradient."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,9 +57,11 @@ def _np_conv3x3_grads(x, k, g):
   return dxp[:, 1:-1, 1:-1], dk
 
 
-@pytest.mark.parametrize("cin,cout", [(3, 16), (16, 4)])
+@pytest.mark.parametrize("cin,cout", [(3, 16), (16, 4), (32, 3)])
 def test_conv3x3_gradients_and_jvp_match_numpy(cin, cout):
-  """Reverse mode (the custom canonical-conv gradient) and forward mode."""
+  """Reverse mode (the custom canonical-conv gradient) and forward mode. (32, 3)
+  forms the kernel gradient transposed (``coupling._contract_positions``); the
+  products with fewer than 64 columns are padded (``coupling._pad_columns``)."""
   rng = np.random.default_rng(cin + 100 * cout)
   x, g = rng.normal(size=(2, 5, 6, cin)), rng.normal(size=(2, 5, 6, cout))
   k = rng.normal(size=(3, 3, cin, cout))
@@ -74,6 +78,15 @@ def test_conv3x3_gradients_and_jvp_match_numpy(cin, cout):
                              rtol=1e-10, atol=1e-10)
 
 
+def _scanned_convs(ks, ks_back, x):
+  """sum of h after a scan of h -> tanh(conv3x3(tanh(conv3x3(h, k)), k_back))."""
+  def body(h, k):
+    k, kb = k
+    return jnp.tanh(flows.conv3x3(jnp.tanh(flows.conv3x3(h, k)), kb)), None
+  h, _ = jax.lax.scan(body, x, (ks, ks_back))
+  return jnp.sum(h)
+
+
 def test_conv3x3_gradient_in_scan_is_matrix_products():
   """Inside a scan the forward and the gradient contain no convolution at all, only
   dots: XLA:CPU's convolutions run at a fraction of matmul speed on these shapes, and
@@ -82,24 +95,35 @@ def test_conv3x3_gradient_in_scan_is_matrix_products():
   ks = jnp.ones((2, 3, 3, 3, 5))
   ks_back = jnp.ones((2, 3, 3, 5, 3))
 
-  def loss(ks, ks_back, x):
-    def body(h, k):
-      k, kb = k
-      return jnp.tanh(flows.conv3x3(jnp.tanh(flows.conv3x3(h, k)), kb)), None
-    h, _ = jax.lax.scan(body, x, (ks, ks_back))
-    return jnp.sum(h)
-
-  hlo = jax.jit(jax.grad(loss, (0, 1, 2))).lower(ks, ks_back, x).as_text("hlo")
+  hlo = jax.jit(jax.grad(_scanned_convs, (0, 1, 2))).lower(ks, ks_back, x).as_text("hlo")
   assert " convolution(" not in hlo
   # Forward, dx and dk of both convolutions (3 -> 5 patches x, 5 -> 3 shifts the output).
   assert hlo.count(" dot(") >= 6, hlo.count(" dot(")
 
 
-def test_dense_values_gradients_and_jvp_match_numpy():
-  """``flows.dense`` (the coupling net's 1x1 conv): value, reverse and forward mode."""
+def test_conv3x3_products_in_scan_have_the_fast_shapes():
+  """In a scanned gradient (the Glow's), the products XLA:CPU runs slowly on some
+  shapes are formed the fast way round (``bench/README.md``, "What the profile
+  says"): a kernel gradient's columns are the side whose width is a multiple of 32
+  ((54, 32), not (32, 54)), and a product with 54 columns is padded to 64."""
+  x = jnp.ones((2, 4, 5, 32))                    # 40 positions, width 32
+  ks, ks_back = jnp.ones((2, 3, 3, 32, 6)), jnp.ones((2, 3, 3, 6, 32))
+
+  hlo = jax.jit(jax.grad(_scanned_convs, (0, 1, 2))).lower(ks, ks_back, x).compile().as_text()
+  dots = re.findall(r"= (f32\[[\d,]+\])\S* dot\(.*?lhs_contracting_dims=\{(\d)\}", hlo)
+  kernel_grads = [shape for shape, contract in dots if contract == "0"]
+  assert sorted(kernel_grads) == ["f32[54,32]", "f32[54,32]"], dots
+  wide = [shape for shape, contract in dots if contract == "1"]
+  assert wide.count("f32[40,64]") == 2 and "f32[40,54]" not in wide, dots
+
+
+@pytest.mark.parametrize("cin,cout", [(5, 6), (32, 6)])
+def test_dense_values_gradients_and_jvp_match_numpy(cin, cout):
+  """``flows.dense`` (the coupling net's 1x1 conv): value, reverse and forward mode
+  ((32, 6) forms the kernel gradient transposed)."""
   rng = np.random.default_rng(7)
-  x, g = rng.normal(size=(2, 3, 4, 5)), rng.normal(size=(2, 3, 4, 6))
-  k = rng.normal(size=(5, 6))
+  x, g = rng.normal(size=(2, 3, 4, cin)), rng.normal(size=(2, 3, 4, cout))
+  k = rng.normal(size=(cin, cout))
   x_dot, k_dot = rng.normal(size=x.shape), rng.normal(size=k.shape)
   with jax.enable_x64(True):
     y = flows.dense(jnp.asarray(x), jnp.asarray(k))

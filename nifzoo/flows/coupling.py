@@ -52,15 +52,49 @@ def _patches(x, flip=False):
 
 
 def _shifted_sum(z):
-  """col2im: (B, H, W, 9, O) -> (B, H, W, O), ``y[b,h,w] = sum_{r,c} pad(z)[b, h+r, w+c, 3r+c]``."""
+  """col2im: (B, H, W, 9, O) -> (B, H, W, O), ``y[b,h,w] = sum_{r,c} pad(z)[b, h+r, w+c, 3r+c]``.
+
+  Each tap's term is its in-range slice of z padded back to (H, W) (the border
+  rows and columns it does not reach are zero), not a slice of the padded z: XLA
+  then fuses the nine into one pass over z, ~1.6x faster than padding all nine
+  taps first (``bench/README.md``, "What the profile says")."""
   _, h, w, _, _ = z.shape
-  zp = _pad_hw(z)
-  return sum(zp[:, r:r + h, c:c + w, 3 * r + c] for r, c in _TAPS)
+  y = 0
+  for r, c in _TAPS:
+    dr, dc = r - 1, c - 1     # the tap reads z at (h + dr, w + dc)
+    term = z[:, max(dr, 0):h + min(dr, 0), max(dc, 0):w + min(dc, 0), 3 * r + c]
+    y = y + jnp.pad(term, [(0, 0), (max(-dr, 0), max(dr, 0)),
+                           (max(-dc, 0), max(dc, 0)), (0, 0)])
+  return y
 
 
 def _matmul(a, b, contract_a=1):
   """(M, K) @ (K, N), or (K, M)^T @ (K, N) with ``contract_a=0`` (no transposed copy)."""
   return jax.lax.dot_general(a, b, (((contract_a,), (0,)), ((), ())))
+
+
+def _contract_positions(a, b):
+  """``a^T b`` contracting the positions (axis 0): (P, M), (P, N) -> (M, N).
+
+  The weight gradients' products, which XLA:CPU runs in Eigen. Eigen is 1.2-4x
+  faster when the product's columns are the operand whose width is a multiple of 32
+  (on the Glow's shapes, e.g. 2.1 -> 1.3 ms for (108, 128) instead of (128, 108)
+  over 16384 positions: ``bench/README.md``, "What the profile says"). So when only
+  ``a``'s width is, the product is formed as ``(b^T a)^T``; an optimization barrier
+  keeps XLA from folding the small transpose back into the product."""
+  if a.shape[1] % 32 or not b.shape[1] % 32:
+    return _matmul(a, b, contract_a=0)
+  return jax.lax.optimization_barrier(_matmul(b, a, contract_a=0)).T
+
+
+def _pad_columns(m):
+  """(K, N) -> (K, N') with zero columns up to a multiple of 16 when N < 64.
+
+  XLA:CPU's product (YNNPACK) with that few columns runs faster at the multiple of
+  16 than at N (54 -> 64 columns: 0.88 -> 0.60 ms for 16384 rows and K = 128;
+  ``bench/README.md``, "What the profile says"); the extra columns are sliced off."""
+  n = m.shape[1]
+  return jnp.pad(m, ((0, 0), (0, -n % 16))) if n < 64 else m
 
 
 def _conv_gemm(x, kernel):
@@ -69,6 +103,7 @@ def _conv_gemm(x, kernel):
 
     I <= O:  y = patches(x) (BHW, 9I) @ k (9I, O)
     I >  O:  z = x (BHW, I) @ k (I, 9O), then y = shifted_sum(z)
+             (k's columns padded by ``_pad_columns``, the padding sliced off z)
 
   (B, H, W, I), (3, 3, I, O) -> (B, H, W, O). The copy is 9 min(I, O) numbers per
   position; the product has the large B H W as its rows either way."""
@@ -77,7 +112,8 @@ def _conv_gemm(x, kernel):
   if i <= o:
     y = _matmul(_patches(x).reshape(-1, 9 * i), kernel.reshape(9 * i, o))
     return y.reshape(b, h, w, o)
-  z = _matmul(x.reshape(-1, i), jnp.transpose(kernel, (2, 0, 1, 3)).reshape(i, 9 * o))
+  columns = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(i, 9 * o)
+  z = _matmul(x.reshape(-1, i), _pad_columns(columns))[:, :9 * o]
   return _shifted_sum(z.reshape(b, h, w, 9, o))
 
 
@@ -105,10 +141,10 @@ def _conv3x3_grad_kernel(x, dy):
              i.e. x[h'] pairs pad(dy)[h'+2-r]; dx uses the same patches)."""
   i, o = x.shape[-1], dy.shape[-1]
   if i <= o:
-    dk = _matmul(_patches(x).reshape(-1, 9 * i), dy.reshape(-1, o), contract_a=0)
+    dk = _contract_positions(_patches(x).reshape(-1, 9 * i), dy.reshape(-1, o))
     return dk.reshape(3, 3, i, o)
-  dk = _matmul(x.reshape(-1, i), _patches(dy, flip=True).reshape(-1, 9 * o),
-               contract_a=0)
+  dk = _contract_positions(x.reshape(-1, i),
+                           _patches(dy, flip=True).reshape(-1, 9 * o))
   return jnp.transpose(dk.reshape(i, 3, 3, o), (1, 2, 0, 3))
 
 
@@ -175,8 +211,7 @@ def _dense_grad_x(dy, kernel):
 
 def _dense_grad_kernel(x, dy):
   """dL/dk = x^T dy contracting the positions of both, (..., I), (..., O) -> (I, O)."""
-  return _matmul(x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1]),
-                 contract_a=0)
+  return _contract_positions(x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1]))
 
 
 dense = _with_reverse_mode(_dense_forward, _dense_grad_x, _dense_grad_kernel)
