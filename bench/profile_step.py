@@ -8,7 +8,8 @@ the host thread events of the XLA:CPU executable by name (HLO fusion / op
 names, e.g. ``dot.12``, ``loop_fusion.3``). Prints the top ops with their
 share of the step, and their HLO (``--show-hlo``) so that a name can be traced
 back to the model. Events of nested ops overlap their parents, and XLA:CPU
-runs ops from several threads, so shares are of the summed op time.
+runs ops from several threads, so shares are of the summed op time. Runs in
+``launch/train.py``'s environment (``nifzoo/runtime.py``), as the other benchmarks do.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+
+from nifzoo import runtime  # noqa: E402  (no jax import)
+
+runtime.reexec_with_defaults()  # As launch/train.py runs (bench/README.md, "Threads").
 
 import jax  # noqa: E402
 
