@@ -10,7 +10,11 @@ says"):
 * a product with fewer than 64 columns gets zero columns up to a multiple of 16
   (``coupling._pad_columns``);
 * the shifted sum (col2im) pads each tap's in-range slice, instead of slicing a
-  padded z (``coupling._shifted_sum``).
+  padded z (``coupling._shifted_sum``);
+* the activations are position-major, (B H W, C), not channel-major, (C, B H W):
+  the nine products of the first scale's coupling network are timed both ways
+  (channel-major weight gradients in whichever orientation is faster), and
+  summed.
 
 For each case the script times both forms alternately, one jitted program each
 (median of ``--reps`` calls, ``--rounds`` rounds, the fastest round kept), marks the
@@ -51,6 +55,9 @@ CONTRACTIONS = [(16384, 128, 108), (4096, 128, 216), (16384, 54, 128),
 # (positions, K, N): products with fewer than 64 columns (the 3x3 conv's dx when
 # its input has 6 or 3 channels: 9 x 6 = 54, 9 x 3 = 27 columns).
 NARROW = [(16384, 128, 54), (16384, 128, 27), (4096, 128, 54), (8192, 256, 54)]
+# (positions, in, width, out): the coupling network of the benchmark Glow's first
+# scale (16 x 16 positions at batch 64; 12 channels, 6 conditioning).
+LAYOUT = (16384, 6, 128, 12)
 # (B, H, W, O): shifted sums of the benchmark Glow's last 3x3 convs and dx.
 SHIFTED = [(64, 16, 16, 12), (64, 16, 16, 6), (64, 8, 8, 24), (64, 8, 8, 12)]
 
@@ -80,6 +87,54 @@ def _padded_slice_shifted_sum(z):
   _, h, w, _, _ = z.shape
   zp = jnp.pad(z, ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0)))
   return sum(zp[:, r:r + h, c:c + w, 3 * r + c] for r, c in coupling._TAPS)
+
+
+def _layout_rows(normal, reps, rounds):
+  """The coupling network's nine products (forward, dx, dk of its three layers)
+  position-major as ``flows.coupling`` forms them, against channel-major."""
+  pos, c_in, f, c_out = LAYOUT
+  matmul = coupling._matmul
+  nt = lambda a, b: jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())))
+  # (product, contraction I, output O, kind): kind "fwd" y = x W, "dx" dx = dy W^T
+  # (as a product with I columns here), "dk" W' = x^T dy over the positions.
+  products = [("3x3 in: forward", 9 * c_in, f, "fwd"),
+              ("3x3 in: dx", f, 9 * c_in, "dx_narrow"),
+              ("3x3 in: dk", 9 * c_in, f, "dk"),
+              ("1x1: forward", f, f, "fwd"), ("1x1: dx", f, f, "fwd"),
+              ("1x1: dk", f, f, "dk"),
+              ("3x3 out: forward", f, 9 * c_out, "fwd"),
+              ("3x3 out: dx", 9 * c_out, f, "fwd"),
+              ("3x3 out: dk", f, 9 * c_out, "dk")]
+  rows, total = [], {"position-major": 0.0, "channel-major": 0.0}
+  for name, i, o, kind in products:
+    # Every form gets the operands in both layouts (transposed outside the timing)
+    # so the forms are timed alternately on one argument tuple.
+    if kind == "dk":
+      a, b = normal(pos, i), normal(pos, o)
+      args = (a, b, a.T, b.T)
+      t = _compare({"pm": lambda a, b, at, bt: coupling._contract_positions(a, b),
+                    "cm (I, O)": lambda a, b, at, bt: nt(at, bt),
+                    "cm (O, I)": lambda a, b, at, bt: nt(bt, at)},
+                   args, reps, rounds)
+      pm, cm = t["pm"], min(t["cm (I, O)"], t["cm (O, I)"])
+    else:
+      x, w = normal(pos, i), normal(i, o)
+      if kind == "dx_narrow":   # dx of the first 3x3 conv: few columns, padded.
+        pm_fn = lambda x, w: matmul(x, coupling._pad_columns(w))[:, :w.shape[1]]
+      else:
+        pm_fn = matmul
+      t = _compare({"pm": lambda x, w, xt, wt: pm_fn(x, w),
+                    "cm": lambda x, w, xt, wt: matmul(wt, xt)},
+                   (x, w, x.T, w.T), reps, rounds)
+      pm, cm = t["pm"], t["cm"]
+    ms = {"position-major": 1e3 * pm, "channel-major": 1e3 * cm}
+    for k in total:
+      total[k] += ms[k]
+    rows.append(dict(case="layout", product=name, positions=pos, ms=ms,
+                     used="position-major"))
+  rows.append(dict(case="layout", product="sum of the nine", positions=pos,
+                   ms=total, used="position-major"))
+  return rows
 
 
 def main(argv=None):
@@ -128,8 +183,11 @@ def main(argv=None):
                      ms={k: 1e3 * v for k, v in t.items()},
                      used="padded in-range slices"))
 
+  rows += _layout_rows(normal, args.reps, args.rounds)
+
   for row in rows:
-    shape = {k: row[k] for k in ("positions", "a_width", "b_width", "k", "n", "shape")
+    shape = {k: row[k] for k in ("product", "positions", "a_width", "b_width", "k",
+                                 "n", "shape")
              if k in row}
     times = ", ".join(f"{k}{' *' if k == row['used'] else ''} {v:.3f} ms"
                       for k, v in row["ms"].items())

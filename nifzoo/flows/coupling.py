@@ -39,7 +39,7 @@ def _shift(x, dr, dc):
   """(B, H, W, ...) -> the same shape, ``s[b, h, w] = x[b, h+dr, w+dc]`` where that is
   inside the image, else 0 (dr, dc in -1, 0, 1): the in-range slice of x padded back
   to (H, W). Sliced before padding, the nine shifted terms of ``_shifted_sum`` fuse
-  into one pass over z, 1.1-2.6x faster than slicing a padded z
+  into one pass over z, 1.5-2.4x faster than slicing a padded z
   (``bench/README.md``, "What the profile says")."""
   h, w = x.shape[1:3]
   s = x[:, max(dr, 0):h + min(dr, 0), max(dc, 0):w + min(dc, 0)]
@@ -74,7 +74,7 @@ def _contract_positions(a, b):
 
   The weight gradients' products, which XLA:CPU runs in Eigen. Eigen is up to 2.3x
   faster when the product's columns are the operand whose width is a multiple of 32
-  (on the Glow's shapes, e.g. 2.11 -> 1.23 ms for (108, 128) instead of (128, 108)
+  (on the Glow's shapes, e.g. 2.13 -> 1.38 ms for (108, 128) instead of (128, 108)
   over 16384 positions: ``bench/README.md``, "What the profile says"). So when only
   ``a``'s width is, the product is formed as ``(b^T a)^T``; an optimization barrier
   keeps XLA from folding the small transpose back into the product."""
@@ -87,7 +87,7 @@ def _pad_columns(m):
   """(K, N) -> (K, N') with zero columns up to a multiple of 16 when N < 64.
 
   XLA:CPU's product (YNNPACK) with that few columns runs faster at the multiple of
-  16 than at N (54 -> 64 columns: 0.85 -> 0.64 ms for 16384 rows and K = 128;
+  16 than at N (54 -> 64 columns: 0.86 -> 0.63 ms for 16384 rows and K = 128;
   ``bench/README.md``, "What the profile says"); the extra columns are sliced off."""
   n = m.shape[1]
   return jnp.pad(m, ((0, 0), (0, -n % 16))) if n < 64 else m
