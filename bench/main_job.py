@@ -81,11 +81,12 @@ def main(argv=None):
     parser.error("--base and --two-devices are two different comparisons")
 
   # name -> (tree, XLA flags)
-  cases = {"current": (ROOT, "")}
   if args.base is not None:
     cases = {"base": (args.base.resolve(), ""), "current": (ROOT, "")}
-  if args.two_devices:
+  elif args.two_devices:
     cases = {"1 device": (ROOT, ""), "2 devices": (ROOT, TWO_DEVICES)}
+  else:
+    cases = {"current": (ROOT, "")}
   out = args.out or (RESULTS.with_name("main_job_2dev.json") if args.two_devices
                      else RESULTS)
   runs = {name: [] for name in cases}

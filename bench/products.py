@@ -89,16 +89,22 @@ def _padded_slice_shifted_sum(z):
   return sum(zp[:, r:r + h, c:c + w, 3 * r + c] for r, c in coupling._TAPS)
 
 
+def _padded_product(x, w):
+  """``x @ w`` with w's columns padded as ``flows.coupling`` pads them, sliced back."""
+  return coupling._matmul(x, coupling._pad_columns(w))[:, :w.shape[1]]
+
+
 def _layout_rows(normal, reps, rounds):
   """The coupling network's nine products (forward, dx, dk of its three layers)
   position-major as ``flows.coupling`` forms them, against channel-major."""
   pos, c_in, f, c_out = LAYOUT
   matmul = coupling._matmul
   nt = lambda a, b: jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())))
-  # (product, contraction I, output O, kind): kind "fwd" y = x W, "dx" dx = dy W^T
-  # (as a product with I columns here), "dk" W' = x^T dy over the positions.
+  # (product, contraction I, output O, kind): "fwd" a (positions, I) @ (I, O)
+  # product (a forward, or a dx with I and O swapped), "narrow" the same with
+  # fewer than 64 columns (padded), "dk" a weight gradient x^T dy over the positions.
   products = [("3x3 in: forward", 9 * c_in, f, "fwd"),
-              ("3x3 in: dx", f, 9 * c_in, "dx_narrow"),
+              ("3x3 in: dx", f, 9 * c_in, "narrow"),
               ("3x3 in: dk", 9 * c_in, f, "dk"),
               ("1x1: forward", f, f, "fwd"), ("1x1: dx", f, f, "fwd"),
               ("1x1: dk", f, f, "dk"),
@@ -119,10 +125,7 @@ def _layout_rows(normal, reps, rounds):
       pm, cm = t["pm"], min(t["cm (I, O)"], t["cm (O, I)"])
     else:
       x, w = normal(pos, i), normal(i, o)
-      if kind == "dx_narrow":   # dx of the first 3x3 conv: few columns, padded.
-        pm_fn = lambda x, w: matmul(x, coupling._pad_columns(w))[:, :w.shape[1]]
-      else:
-        pm_fn = matmul
+      pm_fn = _padded_product if kind == "narrow" else matmul
       t = _compare({"pm": lambda x, w, xt, wt: pm_fn(x, w),
                     "cm": lambda x, w, xt, wt: matmul(wt, xt)},
                    (x, w, x.T, w.T), reps, rounds)
@@ -167,7 +170,7 @@ def main(argv=None):
     x, w = normal(pos, k), normal(k, n)
     padded = f"{coupling._pad_columns(w).shape[1]} columns"
     forms = {f"{n} columns": matmul,
-             padded: lambda x, w: matmul(x, coupling._pad_columns(w))[:, :w.shape[1]]}
+             padded: _padded_product}
     t = _compare(forms, (x, w), args.reps, args.rounds)
     rows.append(dict(case="product with few columns", positions=pos, k=k, n=n,
                      ms={k_: 1e3 * v for k_, v in t.items()}, used=padded))
