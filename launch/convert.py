@@ -12,7 +12,6 @@ See nifzoo/convert.py and docs/math.md §7.
 """
 
 import json
-import os
 import sys
 
 from absl import app
@@ -35,21 +34,20 @@ flags.mark_flags_as_required(["from", "k", "out"])
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
-  from nifzoo import convert, evaluate, zoo  # pylint: disable=g-import-not-at-top
+  from nifzoo import convert, evaluate, fileio, zoo  # pylint: disable=g-import-not-at-top
   from nifzoo.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
 
   nf = zoo.load(_FROM.value, registry=_REGISTRY.value)
   model, report = convert.nf_to_nif(nf, _K.value, noise=_NOISE.value,
                                     split=_SPLIT.value, batch_size=_BATCH.value,
                                     key=jax.random.key(_SEED.value))
-  os.makedirs(_OUT.value, exist_ok=True)
+  out = str(fileio.as_path(_OUT.value))  # Local or gs://.
   config = model.config.as_configdict()
-  with open(os.path.join(_OUT.value, ckpt_lib.CONFIG_FILE), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  ckpt_lib.save_variables(model, os.path.join(_OUT.value, ckpt_lib.VARIABLES_DIR))
+  fileio.write_text(fileio.join(out, ckpt_lib.CONFIG_FILE),
+                    config.to_json_best_effort(indent=2))
+  ckpt_lib.save_variables(model, fileio.join(out, ckpt_lib.VARIABLES_DIR))
   report["from"] = _FROM.value
-  with open(os.path.join(_OUT.value, "convert.json"), "w") as f:
-    json.dump(report, f, indent=2)
+  fileio.write_json(fileio.join(out, "convert.json"), report)
   print(json.dumps(report, indent=2))
   if _REGISTER.value:
     command = " ".join(["python"] + sys.argv)

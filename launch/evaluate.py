@@ -135,7 +135,9 @@ def evaluate(model_name: str, evals, outdir: str, *, registry=None,
   name = model.entry.name if model.entry is not None else cfg.name
   nif = model.prior != "normal"
   key = jax.random.key(seed)
-  os.makedirs(outdir, exist_ok=True)
+  from nifzoo import fileio  # pylint: disable=g-import-not-at-top
+  outdir = str(fileio.as_path(outdir))  # Local or gs://.
+  fileio.as_path(outdir).mkdir(parents=True, exist_ok=True)
   results, metrics, files = {}, {}, []
   t0 = time.time()
 
@@ -245,12 +247,11 @@ def evaluate(model_name: str, evals, outdir: str, *, registry=None,
   out = {"model": name, "source": model_name, "evals": list(evals),
          "results": results, "metrics": metrics, "files": files,
          "wall_time_s": round(time.time() - t0, 1)}
-  with open(os.path.join(outdir, "metrics.json"), "w") as f:
-    json.dump(out, f, indent=2, default=_jsonable)
-    f.write("\n")
+  if jax.process_index() == 0:
+    fileio.write_json(fileio.join(outdir, "metrics.json"), out, default=_jsonable)
   if write_metrics and metrics and jax.process_index() == 0:
     from nifzoo import registry as registry_lib  # pylint: disable=g-import-not-at-top
-    path = registry_lib.update_metrics(name, metrics, os.path.expanduser(write_metrics),
+    path = registry_lib.update_metrics(name, metrics, write_metrics,
                                        registry=registry)
     log(f"metrics written into {path}")
   return out

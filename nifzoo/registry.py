@@ -4,8 +4,9 @@ A registry directory holds ``entries/<name>.json`` and, for entries that ship
 weights, ``checkpoints/<name>/`` (an Orbax checkpoint of the model's
 variables, see :mod:`nifzoo.zoo`). The package ships one (``registry/`` in the
 source tree, installed as ``nifzoo._registry``); user directories given as an
-argument or in ``$NIFZOO_REGISTRY`` (``os.pathsep``-separated) overlay it:
-the first directory that has an entry for a name wins.
+argument or in ``$NIFZOO_REGISTRY`` (``os.pathsep``-separated; ``gs://``
+directories too) overlay it: the first directory that has an entry for a name
+wins. Every directory may be local or in a bucket (:mod:`nifzoo.fileio`).
 
 An entry (JSON, 2-space indent, sorted keys, so diffs stay small)::
 
@@ -33,7 +34,11 @@ import fnmatch
 import hashlib
 import json
 import os
+import posixpath
+import re
 from typing import Any, Sequence
+
+from nifzoo import fileio
 
 SCHEMA_VERSION = 1
 ENV_VAR = "NIFZOO_REGISTRY"
@@ -85,11 +90,13 @@ class Entry:
     if self.checkpoint is None:
       return None
     uri = self.checkpoint["uri"]
-    if uri.startswith("gs://"):
-      return uri
     if uri.startswith("file://"):
       return uri[len("file://"):]
-    return os.path.normpath(os.path.join(self.directory, uri))
+    if "://" in uri:
+      return uri
+    if fileio.is_local(self.directory):
+      return os.path.normpath(os.path.join(self.directory, uri))
+    return fileio.join(self.directory, posixpath.normpath(uri))
 
   # Hashable by identity of content, so a model carrying it can be nnx.split.
   def __hash__(self):
@@ -116,14 +123,27 @@ def search_path(registry: str | Sequence[str] | None = None) -> list[str]:
   dirs: list[str] = []
   if registry:
     dirs += [registry] if isinstance(registry, (str, os.PathLike)) else list(registry)
-  env = os.environ.get(ENV_VAR, "")
-  dirs += [d for d in env.split(os.pathsep) if d]
+  dirs += split_search_path(os.environ.get(ENV_VAR, ""))
   dirs.append(packaged_dir())
-  return [os.path.expanduser(os.fspath(d)) for d in dirs]
+  return [str(fileio.as_path(d)) for d in dirs]
+
+
+def split_search_path(value: str) -> list[str]:
+  """``$NIFZOO_REGISTRY`` split at ``os.pathsep`` (":" on POSIX), keeping
+  URLs whole: ``gs://b/reg:~/reg`` is ``["gs://b/reg", "~/reg"]``."""
+  parts, out = value.split(os.pathsep), []
+  while parts:
+    part = parts.pop(0)
+    if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", part) and parts and (
+        parts[0].startswith("//")):
+      part += os.pathsep + parts.pop(0)  # "gs" + ":" + "//b/reg"
+    if part:
+      out.append(part)
+  return out
 
 
 def entry_path(directory: str, name: str) -> str:
-  return os.path.join(directory, ENTRIES, f"{name}.json")
+  return fileio.join(directory, ENTRIES, f"{name}.json")
 
 
 # ------------------------------------------------------------------ reading
@@ -193,21 +213,20 @@ def _type_names(types) -> str:
 def read_entry(path: str, directory: str | None = None) -> Entry:
   """Parses and validates one entry file."""
   try:
-    with open(path) as f:
-      data = json.load(f)
+    data = fileio.read_json(path)
   except json.JSONDecodeError as e:
     raise RegistryError(f"{path}: not valid JSON ({e}).") from e
-  directory = directory or os.path.dirname(os.path.dirname(os.path.abspath(path)))
-  return Entry(validate(data, path), directory)
+  directory = directory or str(fileio.as_path(path).parent.parent)
+  return Entry(validate(data, str(path)), str(directory))
 
 
 def names(pattern: str = "*", registry=None) -> list[str]:
   """Every entry name in the search path matching a glob, sorted."""
   out = set()
   for d in search_path(registry):
-    edir = os.path.join(d, ENTRIES)
-    if os.path.isdir(edir):
-      out.update(f[:-5] for f in os.listdir(edir) if f.endswith(".json"))
+    edir = fileio.as_path(d) / ENTRIES
+    if edir.is_dir():
+      out.update(p.name[:-5] for p in edir.iterdir() if p.name.endswith(".json"))
   return sorted(n for n in out if fnmatch.fnmatch(n, pattern))
 
 
@@ -215,7 +234,7 @@ def find(name: str, registry=None) -> Entry:
   """The entry for ``name`` from the first registry directory that has it."""
   for d in search_path(registry):
     path = entry_path(d, name)
-    if os.path.exists(path):
+    if fileio.as_path(path).exists():
       return read_entry(path, d)
   known = names(registry=registry)
   close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
@@ -233,17 +252,11 @@ def all_entries(pattern: str = "*", registry=None) -> list[Entry]:
 
 
 def write_entry(directory: str, data: dict) -> str:
-  """Validates and writes ``data`` as ``<directory>/entries/<name>.json``."""
-  directory = os.path.expanduser(directory)
+  """Validates and writes ``data`` as ``<directory>/entries/<name>.json``
+  (atomically: a reader sees the old entry or the new one)."""
   path = entry_path(directory, data["name"])
   validate(data, path)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(data, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
-  return path
+  return fileio.write_json(path, data, indent=2, sort_keys=True)
 
 
 def update_metrics(name: str, metrics: dict, directory: str, *,
@@ -252,16 +265,17 @@ def update_metrics(name: str, metrics: dict, directory: str, *,
   ``name`` of the user registry ``directory`` (copying it there from the
   search path first if it lives elsewhere, e.g. in the packaged registry —
   the copy keeps pointing at the original checkpoint)."""
-  try:
-    entry = read_entry(entry_path(directory, name), directory)
-    data = dict(entry.data)
-  except FileNotFoundError:
+  directory = str(fileio.as_path(directory))
+  path = entry_path(directory, name)
+  if fileio.as_path(path).exists():
+    data = dict(read_entry(path, directory).data)
+  else:
     entry = find(name, registry)
     data = dict(entry.data)
-    if data["checkpoint"] is not None and not data["checkpoint"]["uri"].startswith(
-        ("gs://", "file://")):
-      data["checkpoint"] = dict(data["checkpoint"],
-                                uri="file://" + entry.checkpoint_path())
+    if data["checkpoint"] is not None and "://" not in data["checkpoint"]["uri"]:
+      where = entry.checkpoint_path()
+      data["checkpoint"] = dict(data["checkpoint"], uri=(
+          "file://" + where if fileio.is_local(where) else where))
   data["metrics"] = {**data["metrics"], **metrics}
   return write_entry(directory, data)
 
@@ -270,21 +284,17 @@ def update_metrics(name: str, metrics: dict, directory: str, *,
 
 
 def hash_directory(path: str) -> str:
-  """sha256 over every file under ``path`` (relative names and contents, sorted)."""
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  root = epath.Path(path)
-  if not root.exists():
-    raise FileNotFoundError(f"No checkpoint at {path}.")
-  files, todo = [], [root]
-  while todo:
-    for p in todo.pop().iterdir():
-      (todo if p.is_dir() else files).append(p)
-  files.sort(key=lambda p: str(p.relative_to(root)))
+  """sha256 over every file under ``path`` (relative names and contents,
+  sorted; directory placeholder objects are not files: :func:`fileio.list_files`)."""
+  try:
+    files = fileio.list_files(path)
+  except FileNotFoundError:
+    raise FileNotFoundError(f"No checkpoint at {path}.") from None
   if not files:
     raise FileNotFoundError(f"The checkpoint directory {path} holds no files.")
   h = hashlib.sha256()
-  for p in files:
-    rel = str(p.relative_to(root)).encode()
+  for rel, p in files.items():
+    rel = rel.encode()
     data = p.read_bytes()
     h.update(len(rel).to_bytes(8, "little") + rel)
     h.update(len(data).to_bytes(8, "little") + data)

@@ -29,12 +29,12 @@ import os
 
 import jax
 import ml_collections
-from etils import epath
 from flax import nnx
 from flax import traverse_util
 
 import nifzoo
 from nifzoo import configs
+from nifzoo import fileio
 from nifzoo import models
 from nifzoo import registry as registry_lib
 from nifzoo.train import checkpoint as ckpt_lib
@@ -112,7 +112,7 @@ def entry_config(entry: registry_lib.Entry) -> ml_collections.ConfigDict:
 
 
 def workdir_config(workdir: str) -> ml_collections.ConfigDict:
-  path = epath.Path(workdir) / CONFIG_FILE
+  path = fileio.as_path(workdir) / CONFIG_FILE
   if not path.exists():
     raise ZooError(
         f"{workdir} has no {CONFIG_FILE}: not a nifzoo training workdir (or one "
@@ -215,12 +215,12 @@ def load(name_or_path: str, *, step: int | None = None, mesh=None,
 
 def _is_workdir(name_or_path: str) -> bool:
   s = os.fspath(name_or_path)
-  return s.startswith("gs://") or os.sep in s or os.path.isdir(s)
+  return not fileio.is_local(s) or os.sep in s or os.path.isdir(s)
 
 
 def _load_workdir(workdir, step, target_sharding):
   config = workdir_config(workdir)
-  wiring_path = epath.Path(workdir) / ckpt_lib.WIRING_FILE
+  wiring_path = fileio.as_path(workdir) / ckpt_lib.WIRING_FILE
   if wiring_path.exists():
     check_wiring(json.loads(wiring_path.read_text()), config, str(wiring_path))
   path, partial, step = ckpt_lib.variables_source(workdir, step)
@@ -276,11 +276,11 @@ def register(workdir: str, registry_dir: str, *, name: str | None = None,
   to ``<registry_dir>/entries/<name>.json``; ``name`` defaults to the run's
   ``config.name``. Returns the entry's path.
   """
-  registry_dir = os.path.expanduser(registry_dir)
+  registry_dir = str(fileio.as_path(registry_dir))
   config = workdir_config(workdir)
   name = name or config.name
   base = base_name(config)
-  ckpt_dir = os.path.join(registry_dir, registry_lib.CHECKPOINTS, name)
+  ckpt_dir = fileio.join(registry_dir, registry_lib.CHECKPOINTS, name)
   exported = export(workdir, ckpt_dir, step=step)
   data = {
       "schema": registry_lib.SCHEMA_VERSION,

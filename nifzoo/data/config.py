@@ -6,7 +6,9 @@ imports) stays cheap.
 ``config.data`` is an ``ml_collections.ConfigDict`` with fields:
 
 - ``name``: one of ``KNOWN_DATASETS``.
-- ``data_dir``: tfds ``data_dir`` (``None``: tfds' default), unused for digits.
+- ``data_dir``: tfds ``data_dir`` (``None``: tfds' default; local or ``gs://``).
+  For digits ``None`` reads them from scikit-learn; a directory reads the
+  tfds copy that ``launch/prepare_digits.py`` writes there.
 - ``num_levels``: grey levels of the quantised integers, values in
   ``[0, num_levels)``; ``2**bits`` for tfds datasets, 17 for digits.
 - ``bits`` (tfds datasets only): quantise 8-bit images with

@@ -3,6 +3,11 @@
 1,797 images with integer grey levels 0..16 and labels 0..9. nifzoo's fixed split:
 a permutation of the 1,797 indices seeded with ``DIGITS_SPLIT_SEED``; the first
 ``DIGITS_NUM_TRAIN`` = 1,497 are train, the last ``DIGITS_NUM_TEST`` = 300 test.
+
+The same split can also be read as a prepared tfds dataset (ArrayRecord, as
+the paper's datasets are on a pod): :func:`write_tfds` writes it into a
+``data_dir`` (local or ``gs://``), and ``--config.data.data_dir=<that dir>``
+trains from there (``launch/prepare_digits.py``; README, "On Cloud TPU and GCS").
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ DIGITS_NUM_EXAMPLES = 1797
 DIGITS_NUM_TRAIN = 1497
 DIGITS_NUM_TEST = 300
 DIGITS_SPLIT_SEED = 0
+TFDS_NAME, TFDS_VERSION = "digits", "1.0.0"  # <data_dir>/digits/1.0.0/
 
 
 class ArraySource:
@@ -89,3 +95,37 @@ def digits_source(split: str) -> ArraySource:
   images, labels = load_digits_arrays()
   idx = digits_split_indices(split)
   return ArraySource(images[idx], labels[idx])
+
+
+def write_tfds(data_dir: str) -> str:
+  """Writes the digits splits, in :func:`digits_source`'s order, as a tfds
+  dataset in ArrayRecord files under ``<data_dir>/digits/1.0.0`` (local or
+  ``gs://``): ``image`` uint8 (8, 8, 1) in [0, 17), ``label`` in [0, 10).
+  ``tfds.data_source("digits", data_dir=data_dir)`` reads it back (from its
+  ``dataset_info.json``; no builder class is needed). Built in a local
+  temporary directory and copied (ArrayRecord's writer is local-only).
+  Needs tensorflow (the ``tensorboard`` extra). Returns the dataset directory.
+  """
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from nifzoo import fileio  # pylint: disable=g-import-not-at-top
+
+  tfds.disable_progress_bar()
+  features = tfds.features.FeaturesDict({
+      "image": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
+      "label": tfds.features.ClassLabel(num_classes=10)})
+  splits = {}
+  for split in ("train", "test"):
+    src = digits_source(split)
+    splits[split] = [(i, {"image": src.images[i], "label": int(src.labels[i])})
+                     for i in range(len(src))]
+  dst = fileio.join(data_dir, TFDS_NAME, TFDS_VERSION)
+  with tempfile.TemporaryDirectory() as tmp:
+    tfds.dataset_builders.store_as_tfds_dataset(
+        name=TFDS_NAME, version=TFDS_VERSION, features=features,
+        split_datasets=splits, data_dir=tmp, file_format="array_record",
+        disable_shuffling=True,  # Records in the split's order.
+        description="scikit-learn's digits in nifzoo's fixed train/test split.")
+    fileio.rmtree(dst)
+    fileio.copy_tree(pathlib.Path(tmp, TFDS_NAME, TFDS_VERSION), dst)
+  return dst

@@ -198,7 +198,11 @@ def _tfds_source(name: str, split: str, data_dir):
 def _raw_split(data_config, split: str):
   """One of the dataset's own splits, already mapped to quantised examples."""
   if data_config.name == config_lib.DIGITS:
-    return digits_lib.digits_source(split)
+    if not data_config.get("data_dir", None):  # Embedded in scikit-learn.
+      return digits_lib.digits_source(split)
+    raw = _tfds_source(digits_lib.TFDS_NAME, split, data_config.data_dir)
+    return MappedSource(raw, lambda r: {"image": np.asarray(r["image"], np.uint8),
+                                        "label": np.int32(r["label"])})
   raw = _tfds_source(data_config.name, split, data_config.get("data_dir", None))
   return MappedSource(raw, _record_fn(data_config))
 

@@ -19,9 +19,7 @@ made it). The digits one ships in ``registry/checkpoints/digits-classifier/``;
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
 import sys
 import time
 
@@ -33,6 +31,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from nifzoo import checks
+from nifzoo import fileio
 from nifzoo.evaluate import bpd as bpd_lib
 
 INFO_FILE = "classifier.json"
@@ -167,12 +166,9 @@ def train_classifier(data_config, *, num_classes: int = 10, hidden=(256, 32),
 
 def save_classifier(model: Classifier, directory: str, info: dict) -> str:
   """Writes ``directory/state`` (Orbax) and ``directory/classifier.json``."""
-  directory = os.path.abspath(directory)
-  os.makedirs(directory, exist_ok=True)
-  state_dir = os.path.join(directory, STATE_DIR)
-  if os.path.exists(state_dir):
-    import shutil  # pylint: disable=g-import-not-at-top
-    shutil.rmtree(state_dir)
+  directory = str(fileio.as_path(directory))  # Local or gs://.
+  state_dir = fileio.join(directory, STATE_DIR)
+  fileio.rmtree(state_dir)
   state = jax.tree.map(lambda x: np.asarray(x), nnx.state(model, nnx.Param))
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(state_dir, state)
@@ -182,22 +178,19 @@ def save_classifier(model: Classifier, directory: str, info: dict) -> str:
 
 def write_info(directory: str, info: dict) -> str:
   """(Re)writes ``directory/classifier.json``; returns the directory."""
-  with open(os.path.join(directory, INFO_FILE), "w") as f:
-    json.dump(info, f, indent=2, sort_keys=True)
-    f.write("\n")
-  return directory
+  fileio.write_json(fileio.join(directory, INFO_FILE), info, sort_keys=True)
+  return str(directory)
 
 
 def load_classifier(directory: str) -> tuple[Classifier, dict]:
   """(model, info) from a directory written by :func:`save_classifier`."""
-  directory = os.path.abspath(directory)
-  info_path = os.path.join(directory, INFO_FILE)
-  if not os.path.exists(info_path):
+  directory = str(fileio.as_path(directory))  # Local or gs://.
+  info_path = fileio.join(directory, INFO_FILE)
+  if not fileio.as_path(info_path).exists():
     raise FileNotFoundError(
         f"No classifier at {directory} (missing {INFO_FILE}). Train one with "
         "`python launch/train_classifier.py --dataset=<name> --outdir=<dir>`.")
-  with open(info_path) as f:
-    info = json.load(f)
+  info = fileio.read_json(info_path)
   abstract = nnx.eval_shape(lambda: Classifier(
       info["image_shape"], info["num_classes"], info["hidden"], rngs=nnx.Rngs(0)))
   graphdef, params = nnx.split(abstract, nnx.Param)
@@ -206,7 +199,7 @@ def load_classifier(directory: str) -> tuple[Classifier, dict]:
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu), params)
   try:
     restored = ocp.StandardCheckpointer().restore(
-        os.path.join(directory, STATE_DIR), target)
+        fileio.join(directory, STATE_DIR), target)
   except Exception as e:  # Orbax raises many types for a damaged directory.
     raise ValueError(f"Could not restore the classifier at {directory}: "
                      f"{type(e).__name__}: {e}") from e

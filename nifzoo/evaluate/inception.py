@@ -25,7 +25,7 @@ pipelines differ by several points: compare only numbers made the same way.
 
 from __future__ import annotations
 
-import os
+import io
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from nifzoo import checks
+from nifzoo import fileio
 
 BN_EPS = 1e-3
 FID_SIZE = 299
@@ -273,13 +274,13 @@ def torch_state_dict(model) -> dict[str, np.ndarray]:
 
 def load_inception(path: str, *, resize: int = FID_SIZE) -> InceptionV3FID:
   """The FID network with weights from a user-supplied ``.npz`` (module docstring)."""
-  if not path or not os.path.exists(path):
+  if not path or not fileio.as_path(path).exists():
     raise FileNotFoundError(
         f"Inception-v3 FID weights not found at {path!r}. This project cannot "
         "download them: convert pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
         "to .npz as described in nifzoo/evaluate/inception.py and pass its path.")
   try:
-    weights = dict(np.load(path))
+    weights = dict(np.load(io.BytesIO(fileio.as_path(path).read_bytes())))
   except Exception as e:  # A truncated or non-npz file.
     raise ValueError(f"Could not read Inception weights from {path}: {e}") from e
   model = InceptionV3FID(resize=resize, seed=None)

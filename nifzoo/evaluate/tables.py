@@ -12,8 +12,7 @@ from ``launch/evaluate.py``'s output.
 
 from __future__ import annotations
 
-import json
-import os
+from nifzoo import fileio
 
 # Metric names written by launch/evaluate.py (and into registry entries).
 BPD = "test_bits_per_dim"
@@ -73,11 +72,5 @@ def markdown(rows: list[dict]) -> str:
 
 def write(rows: list[dict], outdir: str, stem: str = "tables") -> tuple[str, str]:
   """Writes ``<stem>.md`` and ``<stem>.json`` into ``outdir``; returns the paths."""
-  os.makedirs(outdir, exist_ok=True)
-  md, js = os.path.join(outdir, stem + ".md"), os.path.join(outdir, stem + ".json")
-  with open(md, "w") as f:
-    f.write(markdown(rows))
-  with open(js, "w") as f:
-    json.dump(rows, f, indent=2)
-    f.write("\n")
-  return md, js
+  return (fileio.write_text(fileio.join(outdir, stem + ".md"), markdown(rows)),
+          fileio.write_json(fileio.join(outdir, stem + ".json"), rows))

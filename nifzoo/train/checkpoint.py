@@ -19,8 +19,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import os
-import shutil
 
 import grain
 import jax
@@ -32,6 +30,7 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from nifzoo import data as data_lib
+from nifzoo import fileio
 from nifzoo.train import step as step_lib
 
 
@@ -58,9 +57,7 @@ class CheckpointSaveError(RuntimeError):
 
 
 def manager(workdir: str, *, max_to_keep: int = 3) -> ocp.CheckpointManager:
-  directory = epath.Path(workdir) / "checkpoints"
-  if not str(workdir).startswith("gs://"):
-    directory = directory.absolute()
+  directory = fileio.as_path(workdir) / "checkpoints"
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
   return ocp.CheckpointManager(directory, options=options,
                                item_names=("state", "data"))
@@ -133,20 +130,15 @@ def _save_error(mngr, step, e) -> CheckpointSaveError:
 
 
 def _checksums(step_dir: epath.Path) -> dict[str, str]:
-  """{relative path: sha256} of every file of the step's items."""
+  """{relative path: sha256} of every file of the step's items (directory
+  placeholder objects are not files: :func:`fileio.list_files`)."""
   out = {}
   for item in _ITEMS:
     root = step_dir / item
     if not root.exists():
       continue
-    todo = [root]
-    while todo:
-      for p in todo.pop().iterdir():
-        if p.is_dir():
-          todo.append(p)
-        else:
-          out[str(p.relative_to(step_dir))] = hashlib.sha256(
-              p.read_bytes()).hexdigest()
+    for rel, p in fileio.list_files(root).items():
+      out[f"{item}/{rel}"] = hashlib.sha256(p.read_bytes()).hexdigest()
   return out
 
 
@@ -184,8 +176,8 @@ def restore(mngr: ocp.CheckpointManager, step: int, target, data_iter):
   number of processes raises ValueError; one that cannot be read raises
   ``CheckpointError`` naming its directory (it is never deleted).
   """
-  path = os.path.join(str(mngr.directory), str(step))
-  data_lib.check_iterator_processes(os.path.join(path, "data"))
+  path = fileio.join(mngr.directory, str(step))
+  data_lib.check_iterator_processes(fileio.join(path, "data"))
   _verify_or_warn(path)
   try:
     restored = mngr.restore(step, args=ocp.args.Composite(
@@ -234,8 +226,7 @@ def _move_aside(mngr: ocp.CheckpointManager, step: int) -> str:
     i += 1
     dst = root / f"{step}.{i}"
   if jax.process_index() == 0:
-    root.mkdir(parents=True, exist_ok=True)
-    src.rename(dst)
+    fileio.move_tree(src, dst)  # Copies, then deletes, on object stores.
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"nifzoo_move_aside_{step}")
   mngr.reload()
@@ -264,7 +255,7 @@ def _flat_shapes(tree) -> dict[str, tuple]:
 
 def _abspath(path: str) -> str:
   # Orbax reads an empty tree from a relative path without complaint.
-  return path if str(path).startswith("gs://") else os.path.abspath(path)
+  return str(fileio.as_path(path))
 
 
 def check_shapes(path: str, target, *, hint: str = "") -> None:
@@ -329,8 +320,7 @@ def save_variables(model_or_state, path: str) -> dict:
     state = model_or_state
   state = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), state)
   path = _abspath(path)
-  if os.path.exists(path):
-    shutil.rmtree(path)
+  fileio.rmtree(path)  # Re-exporting a name replaces its checkpoint.
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(path, state)
   ckptr.wait_until_finished()
@@ -339,7 +329,7 @@ def save_variables(model_or_state, path: str) -> dict:
 
 
 def latest_step(workdir: str) -> int | None:
-  root = epath.Path(workdir) / "checkpoints"
+  root = fileio.as_path(workdir) / "checkpoints"
   steps = [int(p.name) for p in root.iterdir() if p.name.isdigit()] if (
       root.exists()) else []
   return max(steps) if steps else None
@@ -358,13 +348,13 @@ def variables_source(workdir: str, step: int | None = None
   but with ``variables/`` (written by ``launch/convert.py``): that, at step 0.
   """
   newest = latest_step(workdir)
-  variables = epath.Path(workdir) / VARIABLES_DIR
+  variables = fileio.as_path(workdir) / VARIABLES_DIR
   if newest is None:
     if variables.exists() and step in (None, 0):
       return str(variables), False, 0
     raise CheckpointError(f"{workdir} holds no checkpoint (looked in "
-                          f"{epath.Path(workdir) / 'checkpoints'} and {variables}).")
-  root = epath.Path(workdir) / "checkpoints"
+                          f"{fileio.as_path(workdir) / 'checkpoints'} and {variables}).")
+  root = fileio.as_path(workdir) / "checkpoints"
   if step is not None:
     step = int(step)
     path = root / str(step) / "state"

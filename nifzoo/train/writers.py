@@ -2,9 +2,10 @@
 
 clu's metric writers import tensorflow (its TensorBoard summaries), which is the
 optional ``tensorboard`` extra. Without it, training still runs: ``JsonWriter``
-logs every scalar to the console and appends it to ``<workdir>/metrics.jsonl``,
+logs every scalar to the console and adds it to ``<workdir>/metrics.jsonl``,
 one ``{"step": ..., "name": value, ...}`` object a line (images are the sample
-PNGs the loop saves in ``<workdir>/samples/``).
+PNGs the loop saves in ``<workdir>/samples/``). Object stores cannot append:
+the file is rewritten whole at each write (a resumed run keeps its lines).
 
 Importing tensorflow takes several seconds; the loop starts it in a background
 thread (:func:`start_import`) before building the model and creates the writer
@@ -17,7 +18,8 @@ import json
 import threading
 
 from absl import logging
-from etils import epath
+
+from nifzoo import fileio
 
 METRICS_FILE = "metrics.jsonl"
 MISSING_TENSORBOARD = (
@@ -33,12 +35,14 @@ class JsonWriter:
   """
 
   def __init__(self, workdir: str, *, just_logging: bool = False):
-    self.path = None if just_logging else epath.Path(workdir) / METRICS_FILE
+    self.path = None if just_logging else fileio.as_path(workdir) / METRICS_FILE
+    self._text = (self.path.read_text() if self.path is not None and
+                  self.path.exists() else "")
 
   def _append(self, record: dict) -> None:
-    if self.path is not None:
-      with self.path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+    if self.path is not None:  # Whole objects: gs:// has no append.
+      self._text += json.dumps(record) + "\n"
+      fileio.write_text(self.path, self._text)
 
   def write_hparams(self, hparams) -> None:
     self._append({"hparams": dict(hparams)})
