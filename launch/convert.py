@@ -34,20 +34,15 @@ flags.mark_flags_as_required(["from", "k", "out"])
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
-  from nifzoo import convert, evaluate, fileio, zoo  # pylint: disable=g-import-not-at-top
-  from nifzoo.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from nifzoo import convert, evaluate, zoo  # pylint: disable=g-import-not-at-top
 
   nf = zoo.load(_FROM.value, registry=_REGISTRY.value)
   model, report = convert.nf_to_nif(nf, _K.value, noise=_NOISE.value,
                                     split=_SPLIT.value, batch_size=_BATCH.value,
                                     key=jax.random.key(_SEED.value))
-  out = str(fileio.as_path(_OUT.value))  # Local or gs://.
-  config = model.config.as_configdict()
-  fileio.write_text(fileio.join(out, ckpt_lib.CONFIG_FILE),
-                    config.to_json_best_effort(indent=2))
-  ckpt_lib.save_variables(model, fileio.join(out, ckpt_lib.VARIABLES_DIR))
   report["from"] = _FROM.value
-  fileio.write_json(fileio.join(out, "convert.json"), report)
+  convert.save_workdir(model, report, _OUT.value)  # Local or gs://.
+  config = model.config.as_configdict()
   print(json.dumps(report, indent=2))
   if _REGISTER.value:
     command = " ".join(["python"] + sys.argv)

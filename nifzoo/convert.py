@@ -273,3 +273,18 @@ def nf_to_nif(model, latent_dim: int, *, data_config=None, split: str = "train",
   nif_model.entry = None
   report["seconds"] = round(time.time() - t0, 2)
   return nif_model, report
+
+
+def save_workdir(model, report: dict, out: str) -> str:
+  """Writes a converted ``model`` as a workdir that ``zoo.load``, ``zoo.register``
+  and ``config.init_from`` read (local or ``gs://``): ``config.json``, the
+  variables-only checkpoint ``variables/`` and ``report`` as ``convert.json``.
+  Returns the workdir."""
+  from nifzoo import fileio  # pylint: disable=g-import-not-at-top
+  from nifzoo.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  out = str(fileio.as_path(out))
+  fileio.write_text(fileio.join(out, ckpt_lib.CONFIG_FILE),
+                    model.config.as_configdict().to_json_best_effort(indent=2))
+  ckpt_lib.save_variables(model, fileio.join(out, ckpt_lib.VARIABLES_DIR))
+  fileio.write_json(fileio.join(out, "convert.json"), report)
+  return out

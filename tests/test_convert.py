@@ -142,14 +142,10 @@ def test_converted_workdir_loads_and_fine_tunes_from_init_from(tiny_nf, tmp_path
   """launch/convert.py's layout: zoo.load reads it; a run with init_from and
   learning rate 0 keeps exactly the converted variables (Adam's update is 0)."""
   from nifzoo import zoo
-  from nifzoo.train import checkpoint as ckpt_lib
   from nifzoo.train import loop
   nif_model, _ = convert.nf_to_nif(tiny_nf, 4, max_images=256)
   out = tmp_path / "conv"
-  out.mkdir()
-  (out / ckpt_lib.CONFIG_FILE).write_text(
-      nif_model.config.as_configdict().to_json_best_effort())
-  ckpt_lib.save_variables(nif_model, str(out / ckpt_lib.VARIABLES_DIR))
+  convert.save_workdir(nif_model, {"method": "ppca"}, str(out))
   loaded = zoo.load(str(out))
   np.testing.assert_array_equal(np.asarray(loaded.nif.A[...]),
                                 np.asarray(nif_model.nif.A[...]))
