@@ -107,9 +107,10 @@ REQUIRED = {
     "GCE_METADATA_ROOT": "url",
     "https_proxy": "url",
     "HTTPS_PROXY": "url",
-    "http_proxy": "url",
-    "HTTP_PROXY": "url",
 }
+# Proxy variables that would take the emulator's plain-HTTP traffic elsewhere
+# (array_record's libcurl ignores no_proxy for them); removed while in use.
+UNSET = ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")
 # Credentials that would let a client authenticate against the real service.
 FORBIDDEN = ("GOOGLE_APPLICATION_CREDENTIALS",)
 
@@ -264,13 +265,14 @@ def client_env(port: int, proxy_port: int | None = None,
 def proxy_env(proxy_port: int, ca_file: str | None) -> dict[str, str]:
   """The variables that route tf.io.gfile (libcurl) through the TLS proxy.
 
-  ``http_proxy`` too: a plain-HTTP request to any non-loopback host then meets
-  the proxy, which refuses it, instead of leaving the machine.
+  No ``http_proxy``: array_record's reader (google-cloud-cpp, libcurl 8.8)
+  sends its plain-HTTP requests for ``CLOUD_STORAGE_EMULATOR_ENDPOINT`` to
+  ``http_proxy`` even for 127.0.0.1, whatever ``no_proxy`` says. `GCS.start`
+  removes ``http_proxy``/``all_proxy`` while the fixture lives for that reason.
   """
   proxy = f"http://127.0.0.1:{proxy_port}"
   no_proxy = "127.0.0.1,localhost,::1"
   env = {"https_proxy": proxy, "HTTPS_PROXY": proxy,
-         "http_proxy": proxy, "HTTP_PROXY": proxy,
          "no_proxy": no_proxy, "NO_PROXY": no_proxy}
   if ca_file:
     env["CURL_CA_BUNDLE"] = ca_file
@@ -318,6 +320,10 @@ def check_env(env=None, required=None) -> None:
   for name in FORBIDDEN:
     if env.get(name):
       problems.append(f"{name} is set: real credentials in a test")
+  for name in UNSET:
+    if env.get(name):
+      problems.append(f"{name} is set (array_record's reader would send the "
+                      "emulator's traffic to it)")
   if env.get("EPATH_USE_TF", "false").lower() not in (
       "true", "false", "1", "0", "yes", "no", "t", "f"):
     problems.append(f"EPATH_USE_TF={env['EPATH_USE_TF']!r}")
@@ -766,7 +772,9 @@ class GCS:
     self.tf_env = proxy_env(self.proxy.port, self.proxy.ca_file)
     self.env = client_env(self.emulator.port, self.proxy.port,
                           self.proxy.ca_file)
-    self._saved = {k: os.environ.get(k) for k in self.env}
+    self._saved = {k: os.environ.get(k) for k in (*self.env, *UNSET)}
+    for k in UNSET:
+      os.environ.pop(k, None)
     os.environ.update(self.env)
     reset_client_caches()
     check_env()
