@@ -105,6 +105,7 @@ REQUIRED = {
     "GCE_METADATA_HOST": "url",
     "GCE_METADATA_IP": "url",
     "GCE_METADATA_ROOT": "url",
+    "CLOUDSDK_CONFIG": None,
     "https_proxy": "url",
     "HTTPS_PROXY": "url",
 }
@@ -256,6 +257,10 @@ def client_env(port: int, proxy_port: int | None = None,
       "GCE_METADATA_HOST": DEAD_METADATA,
       "GCE_METADATA_IP": DEAD_METADATA,
       "GCE_METADATA_ROOT": DEAD_METADATA,
+      # google-auth (and tensorstore) would find a developer's gcloud
+      # application-default credentials there; a folder that does not exist.
+      "CLOUDSDK_CONFIG": os.path.join(tempfile.gettempdir(),
+                                      "nifzoo-test-no-gcloud-config"),
   }
   if proxy_port is not None:
     env.update(proxy_env(proxy_port, ca_file))
