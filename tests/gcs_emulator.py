@@ -21,45 +21,57 @@ The pieces
   request in plain HTTP to the emulator. It fixes what TF and fake-gcs-server
   1.54 disagree on: it drops ``Transfer-Encoding: identity`` (the emulator
   answers 501), answers ``GET /storage/v1/b/<b>/storageLayout`` itself (the
-  emulator 404s; TF's rename asks it), and rewrites resumable-upload
+  emulator 404s; gcs.md saw TF's rename ask it, this file's renames do
+  not), and rewrites resumable-upload
   ``Location`` headers from the emulator's URL back to the proxied host.
   Requests to a googleapis host other than www/storage (say oauth2) get a 403
   and are counted in ``TLSProxy.refused``: TF never sends one, because
   ``GOOGLE_AUTH_TOKEN_FOR_TESTING`` (which TF reads too) gives it a token
-  without any credential search or metadata probe.
+  without any credential search or metadata probe. TF opens a new connection
+  (CONNECT + TLS handshake) per request: about 1 s for a dozen operations.
 
-When each client reads its variables (checked with the versions in gcs.md)
---------------------------------------------------------------------------
-- tensorstore (Orbax): ``TENSORSTORE_GCS_HTTP_URL`` is read at each gcs
-  kvstore open, so a later value wins. ``GOOGLE_AUTH_TOKEN_FOR_TESTING`` is
-  read once, when the process first needs a GCS credential: it must be set
-  before the first gs:// open of the process (a local Orbax save does not
-  count).
-- gcsfs: ``STORAGE_EMULATOR_HOST`` is read per `GCSFileSystem` instance, but
-  fsspec caches instances (``fsspec.filesystem("gcs")`` returns the same one,
-  and etils keeps its own lru_cache of it), so the value at the first
-  ``fsspec.filesystem("gcs")`` call of the process is the one used.
-  ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT`` is read at ``import gcsfs`` (it picks
-  the class registered for gs://).
-- etils.epath: ``EPATH_USE_TF`` is read once per process, at the first epath
-  path operation of ANY kind (``gpath._is_tf_installed`` is a functools.cache
-  called for local paths too), so a test that saved an Orbax checkpoint
-  locally before has frozen it.
-- google-auth / TF: ``NO_GCE_CHECK``, ``GCE_METADATA_*``, ``https_proxy`` and
-  ``CURL_CA_BUNDLE`` are read per call / per request.
+When each client reads its variables (verified here, versions of gcs.md)
+-----------------------------------------------------------------------
+- tensorstore (Orbax): ``TENSORSTORE_GCS_HTTP_URL`` at each gcs kvstore open
+  (two emulators, value changed between opens: each open hit the new one).
+  Without ``GOOGLE_AUTH_TOKEN_FOR_TESTING`` it searches credentials, probes the
+  metadata server at ``GCE_METADATA_ROOT`` and goes anonymous (which the
+  emulator accepts); without ``GCE_METADATA_ROOT`` that probe is a DNS query
+  off the machine (seen with strace). Set both before the first gs:// open.
+- gcsfs: ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT`` at ``import gcsfs`` (it picks
+  the class registered for gs://): must be set BEFORE the import, else every
+  bucket lookup blocks 60 s. ``STORAGE_EMULATOR_HOST`` per request (the
+  instance cached by ``fsspec.filesystem("gcs")`` followed a changed value).
+- etils.epath: ``EPATH_USE_TF`` once per process, at the first epath path
+  operation of ANY kind, local ones included (``gpath._is_tf_installed`` is a
+  functools.cache; seen: a local ``exists`` then ``EPATH_USE_TF=false`` still
+  gave ``_TfBackend`` for gs://). Any test that touched a local epath Path or
+  an Orbax checkpoint freezes it.
+- TensorFlow (tf.io.gfile, clu's writer): ``https_proxy``, ``no_proxy`` and
+  ``CURL_CA_BUNDLE`` per request (a new CONNECT per request);
+  ``GOOGLE_AUTH_TOKEN_FOR_TESTING`` (TF reads it too: no oauth2 or metadata
+  request is made) and ``NO_GCE_CHECK`` at its first GCS use. Seen: TF
+  imported and used locally first, the variables set after, then a gs://
+  write went through the proxy.
+- array_record's reader (google-cloud-cpp): ``CLOUD_STORAGE_EMULATOR_ENDPOINT``
+  when a reader is opened. Its libcurl sends plain HTTP to ``http_proxy``
+  even for 127.0.0.1 (``no_proxy`` ignored), hence no ``http_proxy`` here.
+- google-auth: ``NO_GCE_CHECK``, ``GCE_METADATA_*``, ``CLOUDSDK_CONFIG`` per
+  ``google.auth.default()`` call.
 
-Hence the fixture in conftest.py sets the whole environment in
-``pytest_configure`` (before any test module is imported, with a port picked
-then and the proxy port too) and starts the processes lazily in the session
-fixture on those very ports, so whatever was imported or used first in a worker
-already sees the emulator. `reset_client_caches` clears the caches named above
-as a second line of defence (for a process whose environment was set late).
+Hence conftest.py's ``pytest_sessionstart`` (every pytest process, each xdist
+worker with its own ports, before any test module is imported) calls
+`session_start`, which picks the emulator's and the proxy's ports and sets
+`client_env` in ``os.environ``; the session fixture `gcs` starts the processes
+lazily on those ports, adds the proxy's variables (``https_proxy`` & co, only
+while it lives: they would break any other https client) and runs `check_env`.
+`reset_client_caches` clears the caches named above as a second defence.
 
-Using tf.io.gfile's backend on purpose: run a subprocess with
-``env={**os.environ, **gcs.tf_env, "EPATH_USE_TF": "true"}`` (``gcs.env``
-already holds ``gcs.tf_env``; the proxy variables are in ``os.environ`` during
-the session, so an in-process ``tf.io.gfile`` or clu TensorBoard writer also
-reaches the emulator).
+Using TensorFlow's backend on purpose: a subprocess with
+``env={**os.environ, **gcs.env, "EPATH_USE_TF": "true"}`` (``gcs.env`` holds
+``gcs.tf_env``), see test_gcs_clients.py's ``tf_run``. In-process
+``tf.io.gfile`` and clu's ``SummaryWriter`` reach the emulator too while the
+fixture lives (the proxy variables are in ``os.environ``).
 """
 
 from __future__ import annotations
