@@ -338,8 +338,10 @@ def check_env(env=None, required=None) -> None:
 
   ``env`` defaults to ``os.environ``; ``required`` to `REQUIRED` (name ->
   "url" for a loopback address, a fixed value, or None for present).
-  Also refuses ``GOOGLE_APPLICATION_CREDENTIALS`` (real credentials) and an
-  ``EPATH_USE_TF`` that is neither true nor false.
+  Also refuses ``GOOGLE_APPLICATION_CREDENTIALS`` (real credentials), a set
+  ``http_proxy``/``all_proxy``, an ``EPATH_USE_TF`` that is neither true nor
+  false and (checking os.environ) a gcsfs imported before
+  ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false``.
   """
   env = os.environ if env is None else env
   required = REQUIRED if required is None else required
@@ -360,6 +362,11 @@ def check_env(env=None, required=None) -> None:
     if env.get(name):
       problems.append(f"{name} is set (array_record's reader would send the "
                       "emulator's traffic to it)")
+  gcsfs = sys.modules.get("gcsfs")
+  if env is os.environ and gcsfs is not None and (
+      gcsfs.GCSFileSystem.__name__ == "ExtendedGcsFileSystem"):
+    problems.append("gcsfs was imported before GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"
+                    "=false was set (each bucket lookup would block 60 s)")
   if env.get("EPATH_USE_TF", "false").lower() not in (
       "true", "false", "1", "0", "yes", "no", "t", "f"):
     problems.append(f"EPATH_USE_TF={env['EPATH_USE_TF']!r}")
