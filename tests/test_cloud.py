@@ -267,8 +267,7 @@ def test_evaluation_outputs_go_to_gs(gs_run, gcs_path):
 
 
 def test_conversion_output_on_gs_loads(gs_run, gcs_path, images):
-  nf_like = zoo.load(gs_run[0])
-  model, report = convert.nf_to_nif(nf_like, 2, max_images=64)
+  model, report = convert.nf_to_nif(zoo.load("digits-nf"), 2, max_images=64)
   out = convert.save_workdir(model, report, f"{gcs_path}/conv")
   assert sorted(fileio.list_files(out))[:2] == ["config.json", "convert.json"]
   np.testing.assert_array_equal(_log_prob(zoo.load(out), images),
