@@ -258,6 +258,9 @@ class Lease:
     raises :class:`LeaseHeldError` (on every process) if a live trainer
     holds it."""
     ok, message = False, ""
+    # Ours from before it is written: a lease of this process that this very
+    # acquisition is confirming is not one an earlier run left behind.
+    _HELD_TOKENS.add(self.token)
     if self.chief:
       try:
         ok, message = self._acquire_on_chief()
@@ -267,9 +270,9 @@ class Lease:
             f"{type(e).__name__}: {e}. Check that the workdir is writable.")
     ok, message = self._agree(ok, message)
     if not ok:
+      _HELD_TOKENS.discard(self.token)
       raise LeaseHeldError(message)
     self.held = True
-    _HELD_TOKENS.add(self.token)
     if self.chief:
       self._thread = threading.Thread(target=self._heartbeat_loop, daemon=True,
                                       name=f"nifzoo-lease-{self.token[:8]}")
