@@ -249,6 +249,7 @@ class Lease:
     self._record = None
     self._lost = False  # Set by the heartbeat once the lease is lost.
     self._stop = threading.Event()
+    self._lock = threading.Lock()
     self._thread = None
 
   # ------------------------------------------------------------- public API
@@ -264,7 +265,8 @@ class Lease:
     if self.chief:
       try:
         ok, message = self._acquire_on_chief()
-      except OSError as e:
+      except Exception as e:  # pylint: disable=broad-except
+        # (Every process waits for the chief's verdict: never raise alone.)
         ok, message = False, (
             f"Cannot read or write the workdir lease {self.path}: "
             f"{type(e).__name__}: {e}. Check that the workdir is writable.")
@@ -283,12 +285,14 @@ class Lease:
     else raises :class:`LeaseLostError` on every process, naming the holder."""
     ok, message = True, ""
     if self.chief:
-      current = self._read()
+      current = self._read_retrying()
       if current is None or current.get("token") != self.token:
         ok = False
         what = (f"before saving step {step}" if step is not None else "")
         if current is None:
           now = f"{self.path} was deleted"
+        elif "error" in current:
+          now = f"{self.path} cannot be read ({current['error']})"
         elif "unreadable" in current:
           now = f"{self.path} is unreadable ({current['unreadable']})"
         else:
@@ -310,17 +314,21 @@ class Lease:
     False (and the lease is marked lost) otherwise."""
     if not self.chief or self._lost:
       return not self._lost
-    current = self._read()
-    if current is None or current.get("token") != self.token:
-      self._lost = True
-      logging.error("The workdir lease %s was taken over or deleted (now: %s); "
-                    "this run stops before its next checkpoint.", self.path,
-                    self._describe(current) if current else "no lease")
-      return False
-    record = dict(current, heartbeat=_iso(_now()))
-    self._write(record)
-    self._record = record
-    return True
+    with self._lock:  # Never a write after release() deleted the lease.
+      if self._stop.is_set():
+        return True
+      current = self._read()
+      if current is None or current.get("token") != self.token:
+        self._lost = True
+        logging.error("The workdir lease %s was taken over or deleted (now: "
+                      "%s); this run stops before its next checkpoint.",
+                      self.path, self._describe(current) if current else
+                      "no lease")
+        return False
+      record = dict(current, heartbeat=_iso(_now()))
+      self._write(record)
+      self._record = record
+      return True
 
   def release(self) -> None:
     """Stops the heartbeat and deletes the lease if it still holds our token
@@ -336,9 +344,12 @@ class Lease:
     if not self.chief:
       return
     try:
-      current = self._read()
-      if current is not None and current.get("token") == self.token:
-        self.path.unlink()
+      with self._lock:
+        current = self._read()
+        ours = current is not None and current.get("token") == self.token
+        if ours:
+          self.path.unlink()
+      if ours:
         logging.info("Released the workdir lease %s.", self.path)
       else:
         logging.warning("Not deleting the workdir lease %s: it is not ours "
@@ -454,6 +465,19 @@ class Lease:
 
   def _read(self) -> dict | None:
     return read(self.workdir)
+
+  def _read_retrying(self, tries: int = 3) -> dict | None:
+    """:meth:`_read`, retried on storage errors; ``{"error": ...}`` if they
+    persist (the chief must not raise alone: the others wait for it)."""
+    for i in range(tries):
+      try:
+        return self._read()
+      except Exception as e:  # pylint: disable=broad-except
+        error = f"{type(e).__name__}: {e}"
+        logging.warning("Reading the workdir lease %s: %s.", self.path, error)
+        if i + 1 < tries:
+          time.sleep(1.0)
+    return {"error": error}
 
   def _text(self, record: dict) -> str:
     return json.dumps(record, indent=1).ljust(_PADDED_BYTES) + "\n"
