@@ -43,3 +43,41 @@ def pytest_unconfigure(config):
   cache = getattr(config, "nifzoo_cache_dir", None)
   if cache:
     shutil.rmtree(cache, ignore_errors=True)
+
+
+# ---- GCS emulator fixtures (tests/gcs_emulator.py) --------------------------
+# Every GCS client points at a local fake-gcs-server; nothing reaches the real
+# service. pytest_sessionstart runs in every pytest process (each xdist worker
+# picks its own ports) before any test module is imported, and sets the client
+# environment there (some clients read it once per process: see
+# gcs_emulator's docstring); the `gcs` fixture starts the emulator and the TLS
+# proxy for tf.io.gfile on those ports when first used.
+import pytest as _pytest  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import gcs_emulator as _gcs_emulator  # pylint: disable=g-import-not-at-top
+
+
+def pytest_sessionstart(session):
+  del session
+  _gcs_emulator.session_start()
+
+
+def pytest_sessionfinish(session):
+  del session
+  _gcs_emulator.session_finish()
+
+
+@_pytest.fixture(scope="session")
+def gcs():
+  """The emulator: .url .bucket .env .tf_env .prefix(name) .invalidate() .pid."""
+  server = _gcs_emulator.GCS()
+  try:
+    yield server.start()
+  finally:
+    server.stop()
+
+
+@_pytest.fixture
+def gcs_path(gcs, request):
+  """A fresh gs://<bucket>/<test name>-<uuid8> prefix (no trailing slash)."""
+  return gcs.prefix(request.node.name)
+# ---- end of the GCS emulator fixtures ---------------------------------------
