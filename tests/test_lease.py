@@ -177,10 +177,15 @@ def test_dead_local_holder_is_taken_over_at_once(case, tmp_path, warnings_log):
 def test_racing_leases_have_exactly_one_winner(existing, tmp_path):
   """Eight trainers acquire at once: on a fresh directory (hard-link create)
   and over a stale lease (replace + confirm)."""
+  _race(str(tmp_path), existing, 8)
+  assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+def _race(workdir, existing, n):
   if existing:
-    fake_lease(str(tmp_path), silent=100, stale_secs=5.0)
-  leases = [lease_lib.Lease(str(tmp_path), stale_secs=5, settle_secs=0.5)
-            for _ in range(8)]
+    fake_lease(workdir, silent=100, stale_secs=5.0)
+  leases = [lease_lib.Lease(workdir, stale_secs=5, settle_secs=0.5)
+            for _ in range(n)]
   barrier, results = threading.Barrier(len(leases)), [None] * len(leases)
 
   def run(i):
@@ -199,13 +204,12 @@ def test_racing_leases_have_exactly_one_winner(existing, tmp_path):
   winners = [l for l, r in zip(leases, results) if r == "won"]
   try:
     assert len(winners) == 1, results
-    assert token(str(tmp_path)) == winners[0].token
+    assert token(workdir) == winners[0].token
     assert all("is in use by another trainer" in r for r in results if r != "won")
-    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
   finally:
     for l in leases:
       l.release()
-  assert not os.path.exists(tmp_path / "lease.json")
+  assert lease_lib.read(workdir) is None
 
 
 # --------------------------------------------------- heartbeat and release
@@ -337,9 +341,51 @@ def test_gcs_stale_takeover_and_lost_lease(gcs_path, warnings_log):
 
 
 @gcs
+@pytest.mark.parametrize("existing", [None, "stale"])
+def test_gcs_racing_leases_have_exactly_one_winner(existing, gcs_path):
+  """Write, settle, confirm: the last writer wins, the others refuse."""
+  _race(gcs_path, existing, 4)
+
+
+@gcs
 def test_gcs_training_refuses_a_live_holder(gcs_path):
   fake_lease(gcs_path)
   with pytest.raises(lease_lib.LeaseHeldError, match="'other-host', pid 4242"):
     loop.train_and_evaluate(tiny_config(), gcs_path)
   assert not (epath.Path(gcs_path) / "checkpoints").exists()
   assert not (epath.Path(gcs_path) / ckpt_lib.CONFIG_FILE).exists()
+
+
+_TF_SCRIPT = """
+import sys
+from etils import epath
+from nifzoo.train import lease as L
+p = sys.argv[1]
+a = L.Lease(p, stale_secs=60, settle_secs=0.2)
+a.acquire()
+assert L.read(p)["token"] == a.token
+try:
+  L.Lease(p, stale_secs=60, settle_secs=0.2).acquire()
+  raise SystemExit("a live lease was not refused")
+except L.LeaseHeldError:
+  pass
+assert a.heartbeat()
+a.check(step=1)
+a.release()
+assert L.read(p) is None
+print("OK", type(epath.Path(p)._backend).__name__)
+"""
+
+
+@gcs
+@pytest.mark.slow
+def test_gcs_lease_through_tf_gfile(gcs, gcs_path):
+  """The same through etils' tf.io.gfile backend (TF installed, EPATH_USE_TF)."""
+  proc = subprocess.run(
+      [sys.executable, "-c", _TF_SCRIPT, gcs_path], capture_output=True,
+      text=True, timeout=300,
+      env={**os.environ, **gcs.env, "EPATH_USE_TF": "true",
+           "PYTHONPATH": os.pathsep.join(
+               [ROOT] + os.environ.get("PYTHONPATH", "").split(os.pathsep))})
+  assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+  assert "OK _TfBackend" in proc.stdout, proc.stdout

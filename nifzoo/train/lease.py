@@ -37,10 +37,14 @@ Life of a lease (:func:`hold`):
   overwrites another trainer's lease). A lease found taken over or deleted
   is marked lost.
 - **Check.** Before every checkpoint save the loop calls :meth:`Lease.check`,
-  which re-reads the file: another token (or none) raises
-  :class:`LeaseLostError` and the checkpoint is not written.
+  which re-reads the file: another token (or none, or a file that cannot be
+  read in three tries a second apart) raises :class:`LeaseLostError` and the
+  checkpoint is not written (nor an exit checkpoint).
 - **Release.** At the end of the run, on an error and on SIGTERM the file is
-  deleted, only if it still holds our token.
+  deleted, only if it still holds our token (under a lock the heartbeat
+  takes too, so no heartbeat recreates it afterwards). A run killed hard
+  (SIGKILL, a lost VM) leaves it: stale after the stale time, or taken over
+  at once by a run on the same machine.
 
 Defaults: stale after :data:`DEFAULT_STALE_SECS` (10 minutes) of silence, a
 heartbeat every tenth of that (1 minute). A write per minute costs nothing
