@@ -250,7 +250,6 @@ class Lease:
     self.chief = jax.process_index() == 0
     self.token = uuid.uuid4().hex
     self.held = False
-    self._record = None
     self._lost = False  # Set by the heartbeat once the lease is lost.
     self._stop = threading.Event()
     self._lock = threading.Lock()
@@ -292,22 +291,25 @@ class Lease:
       current = self._read_retrying()
       if current is None or current.get("token") != self.token:
         ok = False
-        what = (f"before saving step {step}" if step is not None else "")
+        what = f" before saving step {step}" if step is not None else ""
+        todo = ("Let the other trainer run, or stop it and rerun this command "
+                "to resume from the newest checkpoint.")
         if current is None:
           now = f"{self.path} was deleted"
         elif "error" in current:
           now = f"{self.path} cannot be read ({current['error']})"
+          todo = "Fix the storage, then rerun this command to resume."
         elif "unreadable" in current:
           now = f"{self.path} is unreadable ({current['unreadable']})"
         else:
-          now = f"{self.path} is now held by {self._describe(current)}"
+          now = (f"{self.path} is now held by {self._describe(current)}. "
+                 "Another trainer took the workdir over (this run's heartbeat "
+                 f"was silent for over {self.stale_secs:.0f} s, or the lease "
+                 "was deleted)")
         message = (
-            f"Lost the workdir lease of {self.workdir} {what}: {now}. Another "
-            "trainer took the workdir over (this run's heartbeat was silent "
-            f"for over {self.stale_secs:.0f} s, or the lease was deleted). "
-            "Stopped without writing the checkpoint; the earlier checkpoints "
-            "are untouched. Let the other trainer run, or stop it and rerun "
-            "this command to resume from the newest checkpoint.")
+            f"Lost the workdir lease of {self.workdir}{what}: {now}. Stopped "
+            "without writing the checkpoint; the earlier checkpoints are "
+            f"untouched. {todo}")
     ok, message = self._agree(ok, message)
     if not ok:
       self._stop.set()
@@ -331,7 +333,6 @@ class Lease:
         return False
       record = dict(current, heartbeat=_iso(_now()))
       self._write(record)
-      self._record = record
       return True
 
   def release(self) -> None:
@@ -388,7 +389,6 @@ class Lease:
         if not self.remote:
           if not self._create_exclusive(record):
             continue  # Another trainer created it first: judge theirs.
-          self._record = record
           logging.info("Acquired the workdir lease %s.", self.path)
           return True, ""
       else:
@@ -401,7 +401,6 @@ class Lease:
       time.sleep(self.settle_secs)
       confirmed = self._read()
       if confirmed is not None and confirmed.get("token") == self.token:
-        self._record = record
         logging.info("Acquired the workdir lease %s.", self.path)
         return True, ""
       if confirmed is None:
