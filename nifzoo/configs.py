@@ -161,6 +161,10 @@ def build_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigD
   c.on_nonfinite = "skip"           # "skip" the step, or "stop" the run.
   # Skipped steps in a row that mean divergence: the run stops (non-zero exit).
   c.max_consecutive_skips = 10
+  # The workdir's lease (train/lease.py): a lease whose heartbeat (every tenth
+  # of this) is silent this long may be taken over by a new run; until then a
+  # second trainer on the workdir refuses to start.
+  c.lease_stale_secs = 600.0
   # Start a fresh run from another workdir's variables (a converted NF from
   # launch/convert.py, or a trained run) instead of random init + ActNorm init.
   c.init_from = ml_collections.config_dict.placeholder(str)

@@ -27,6 +27,7 @@ from nifzoo import evaluate as evaluate_lib
 from nifzoo import images as images_lib
 from nifzoo import models
 from nifzoo.train import checkpoint as ckpt_lib
+from nifzoo.train import lease as lease_lib
 from nifzoo import mesh as mesh_lib
 from nifzoo.train import step as step_lib
 from nifzoo.train import writers as writers_lib
@@ -50,7 +51,8 @@ class ConfigError(ValueError):
 
 # Errors the launcher reports as one message (no traceback) and a non-zero exit.
 STOP_ERRORS = (NonFiniteLossError, Preempted, ConfigError,
-               ckpt_lib.CheckpointError, ckpt_lib.CheckpointSaveError)
+               ckpt_lib.CheckpointError, ckpt_lib.CheckpointSaveError,
+               lease_lib.LeaseError)
 
 # Fields a resumed run may change: how long and how often, the optimiser's
 # hyperparameters (to recover from a divergence), where the data lives, how the
@@ -61,7 +63,8 @@ RESUMABLE_FIELDS = (
     "total_steps", "learning_rate", "warmup_steps", "grad_clip",
     "checkpoint_every", "keep_checkpoints", "log_every", "sample_every",
     "num_sample_images", "eval_batches", "eval_num_draws", "on_nonfinite",
-    "max_consecutive_skips", "init_from", "data.data_dir", "model.unroll")
+    "max_consecutive_skips", "init_from", "data.data_dir", "model.unroll",
+    "lease_stale_secs")
 
 
 def check_config(config, workdir) -> None:
@@ -86,6 +89,11 @@ def check_config(config, workdir) -> None:
   if config.on_nonfinite not in ("skip", "stop"):
     raise ConfigError(
         f"config.on_nonfinite must be 'skip' or 'stop', got {config.on_nonfinite!r}.")
+  v = config.get("lease_stale_secs", lease_lib.DEFAULT_STALE_SECS)
+  if (isinstance(v, bool) or not isinstance(v, (int, float)) or
+      not math.isfinite(v) or v <= 0):
+    raise ConfigError(f"config.lease_stale_secs must be a finite number > 0, "
+                      f"got {v!r}.")
 
 
 def _flat_json(config) -> dict:
@@ -220,7 +228,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints).
 
   Returns the final metrics (train bits/dim averaged since the last log, test
-  bits/dim, number of skipped non-finite steps).
+  bits/dim, number of skipped non-finite steps). The run holds the workdir's
+  lease (``train/lease.py``) from before it writes anything until it ends: a
+  workdir held by another live trainer raises ``lease.LeaseHeldError``, and a
+  lease taken over by another trainer stops the run before its next save
+  (``lease.LeaseLostError``).
   """
   check_config(config, workdir)
   writers_lib.start_import()
@@ -228,6 +240,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if ckpt_lib.latest_step(workdir) is not None:
     check_resume_config(workdir, config)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  with lease_lib.hold(workdir, stale_secs=config.get(
+      "lease_stale_secs", lease_lib.DEFAULT_STALE_SECS)) as lease:
+    return _train(config, workdir, lease)
+
+
+def _train(config, workdir: str, lease: lease_lib.Lease) -> dict:
+  """:func:`train_and_evaluate` once the config is checked and the workdir's
+  ``lease`` is held; ``lease.check`` before every save."""
   is_chief = jax.process_index() == 0
   if is_chief:  # What nifzoo.zoo.load(workdir) rebuilds the model from.
     (epath.Path(workdir) / ckpt_lib.CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
@@ -332,6 +352,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           "Not saving step %d: its test bits/dim is %s. The newest good "
           "checkpoint stays step %s.", step, test_bpd, mngr.latest_step())
       return False
+    lease.check(step)  # Another trainer took the workdir over: do not write.
     ckpt_lib.save(mngr, step, state, train_iter)
     return True
 
@@ -434,12 +455,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
       raise
     finally:
       # Whatever stopped the loop (an error, Ctrl-C, SIGTERM), keep the work,
-      # unless saving is what failed. The state only ever takes finite
-      # updates, but finite parameters can still evaluate to NaN: it is saved
-      # only if it evaluates finite.
+      # unless saving is what failed or another trainer holds the workdir.
+      # The state only ever takes finite updates, but finite parameters can
+      # still evaluate to NaN: it is saved only if it evaluates finite.
       if isinstance(stop_error, ckpt_lib.CheckpointSaveError):
         saved_step = step
-      if step != saved_step and step > 0:
+      if (step != saved_step and step > 0 and
+          not isinstance(stop_error, lease_lib.LeaseError)):
         try:
           if iter_state is not None:  # Stopped inside a step: rewind one batch.
             train_iter.set_state(iter_state)
