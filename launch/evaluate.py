@@ -41,6 +41,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from nifzoo import mesh as mesh_lib
+
 EVALS = ("bpd", "iw_bound", "fd", "s_sweep", "fid", "figures", "embeddings")
 DEFAULT_EVALS = "bpd,s_sweep,figures,embeddings"
 
@@ -70,6 +72,7 @@ _EMBEDDING = flags.DEFINE_enum(
     "2-D map of the embeddings (umap falls back to PCA without umap-learn).")
 _INCEPTION = flags.DEFINE_string("inception_weights", None,
                                  "Inception-v3 FID weights (.npz), for --evals=fid.")
+_INITIALIZE_DISTRIBUTED = mesh_lib.define_distributed_flags()
 
 
 def default_classifier_dir(dataset: str) -> str:
@@ -110,7 +113,6 @@ def evaluate(model_name: str, evals, outdir: str, *, registry=None,
   metrics}, "files": [...]}``.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from nifzoo import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from nifzoo import zoo  # pylint: disable=g-import-not-at-top
   from nifzoo.evaluate import bpd as bpd_lib  # pylint: disable=g-import-not-at-top
   from nifzoo.evaluate import classifier as classifier_lib  # pylint: disable=g-import-not-at-top
@@ -308,8 +310,7 @@ def main(argv):
   # Library INFO chatter (Orbax, XLA backends) off; --verbosity=0 brings it back.
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  from nifzoo import mesh  # pylint: disable=g-import-not-at-top
-  mesh.maybe_initialize_distributed()
+  _INITIALIZE_DISTRIBUTED()
   scales = None if _SCALES.value is None else [float(s) for s in _SCALES.value]
   out = evaluate(
       _MODEL.value, _EVALS.value, _OUTDIR.value, registry=_REGISTRY.value,

@@ -30,17 +30,13 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from nifzoo import mesh as mesh_lib
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and argument, e.g. configs/digits.py:nif16.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and samples go.")
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", None,
-    "Call jax.distributed.initialize() (default: from the environment).")
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0 (CPU clusters).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_INITIALIZE_DISTRIBUTED = mesh_lib.define_distributed_flags()
 _REGISTER = flags.DEFINE_string(
     "register", None,
     "After training, write a registry entry + checkpoint into this directory.")
@@ -55,18 +51,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
-  from nifzoo import mesh  # Imports jax after flags are parsed.
   from nifzoo.train import loop
 
   if not _LIBRARY_LOGS.value:
     loop.quiet_library_logs()
-  kwargs = {k: v for k, v in dict(coordinator_address=_COORDINATOR.value,
-                                  num_processes=_NUM_PROCESSES.value,
-                                  process_id=_PROCESS_ID.value).items()
-            if v is not None}
-  mesh.maybe_initialize_distributed(
-      _DISTRIBUTED.value if _DISTRIBUTED.value is not None else
-      (True if kwargs else None), **kwargs)
+  _INITIALIZE_DISTRIBUTED()
   logging.info("Config:\n%s", _CONFIG.value)
   t0 = time.time()
   try:
@@ -77,7 +66,7 @@ def main(argv):
     sys.exit(143 if isinstance(e, loop.Preempted) else 1)
   wall = time.time() - t0
   logging.info("Done in %.0f s: %s", wall, result)
-  if _REGISTER.value and jax.process_index() == 0:
+  if _REGISTER.value:  # On every process: the export is a collective save.
     from nifzoo import zoo  # pylint: disable=g-import-not-at-top
     command = " ".join(["python"] + sys.argv)
     path = zoo.register(

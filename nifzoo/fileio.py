@@ -7,7 +7,7 @@ through gcsfs otherwise (``pip install "nifzoo[gcs]"``; ``EPATH_USE_TF=false``
 picks gcsfs even with TensorFlow).
 
 What object stores do differently, and how this module evens it out
-(docs/cloud.md):
+(README, "On Cloud TPU and GCS"):
 
 - There are no directories: ``mkdir`` is a no-op, and TensorFlow (like the
   Cloud Console) writes zero-byte ``dir/`` placeholder objects, which gcsfs
@@ -18,6 +18,11 @@ What object stores do differently, and how this module evens it out
   file and a rename, which is atomic there).
 - A rename is a copy and a delete, and gcsfs refuses one into a "folder" that
   has no object yet: :func:`move_tree` copies every file, then deletes.
+- gcsfs caches directory listings for the life of the process, and writes made
+  by another client (Orbax's arrays go through tensorstore) or by another
+  process never reach that cache: a trainer would then list its checkpoints
+  without the newest one. nifzoo turns the listing cache off (an option a user
+  sets in fsspec's config is left alone).
 """
 
 from __future__ import annotations
@@ -31,6 +36,19 @@ from typing import Any
 from etils import epath
 
 PathLike = str | os.PathLike
+
+
+def _fresh_gcs_listings() -> None:
+  try:
+    import fsspec.config  # pylint: disable=g-import-not-at-top
+  except ImportError:  # No fsspec: no gcsfs backend either.
+    return
+  for protocol in ("gs", "gcs"):
+    fsspec.config.conf.setdefault(protocol, {}).setdefault(
+        "use_listings_cache", False)
+
+
+_fresh_gcs_listings()
 
 
 def is_local(path: PathLike) -> bool:

@@ -40,6 +40,32 @@ def maybe_initialize_distributed(enabled: bool | None = None, **kwargs) -> None:
                jax.local_device_count(), jax.device_count())
 
 
+def define_distributed_flags():
+  """Defines the launchers' multi-host flags (``--distributed``,
+  ``--coordinator_address``, ``--num_processes``, ``--process_id``) and
+  returns a function that calls :func:`maybe_initialize_distributed` with
+  them (after absl has parsed the command line)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  distributed = flags.DEFINE_bool(
+      "distributed", None,
+      "Call jax.distributed.initialize() (default: from the environment).")
+  coordinator = flags.DEFINE_string(
+      "coordinator_address", None, "host:port of process 0 (CPU clusters).")
+  num_processes = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+  process_id = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+  def initialize():
+    kwargs = {k: v for k, v in dict(coordinator_address=coordinator.value,
+                                    num_processes=num_processes.value,
+                                    process_id=process_id.value).items()
+              if v is not None}
+    enabled = distributed.value
+    maybe_initialize_distributed(
+        enabled if enabled is not None else (True if kwargs else None), **kwargs)
+
+  return initialize
+
+
 def make_mesh() -> jax.sharding.Mesh:
   """A 1-D ``data`` mesh over every device of every process (Auto axis type).
 

@@ -16,7 +16,13 @@ Two settings that a library cannot change once the process is running, measured 
   (:func:`reexec_with_defaults`). Without transparent huge pages in the kernel, or
   outside glibc, it does nothing.
 
-``launch/train.py`` applies both; in a notebook or your own script, start Python with
+And one that keeps a CPU machine quiet: with ``libtpu`` installed (the ``tpu``
+and ``test`` extras, for compiling TPU programs here) but no TPU on the machine,
+jax would still load libtpu in every process, which probes for TPU hardware and
+the cloud's metadata server and logs errors when it finds neither;
+``JAX_PLATFORMS=cpu`` is set then (:func:`tpu_without_chips`).
+
+``launch/train.py`` applies them; in a notebook or your own script, start Python with
 them (``OPENBLAS_NUM_THREADS=1 GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python ...``).
 A variable you have set yourself is left alone.
 """
@@ -41,10 +47,26 @@ def with_defaults(env: Mapping[str, str]) -> dict[str, str]:
   """
   out = dict(env)
   out.setdefault("OPENBLAS_NUM_THREADS", "1")
+  if "JAX_PLATFORMS" not in out and tpu_without_chips():
+    out["JAX_PLATFORMS"] = "cpu"
   tunables = out.get("GLIBC_TUNABLES", "")
   if "glibc.malloc.hugetlb" not in tunables:
     out["GLIBC_TUNABLES"] = ":".join(t for t in (tunables, HUGETLB) if t)
   return out
+
+
+def tpu_without_chips() -> bool:
+  """libtpu is installed, no TPU device node exists (``/dev/accel*``,
+  ``/dev/vfio/<n>``, where TPU VMs expose their chips) and no other accelerator
+  plugin is installed. Finds packages without importing them."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec("libtpu") is None:
+    return False
+  if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+    return False
+  return not any(importlib.util.find_spec(p) for p in (
+      "jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin"))
 
 
 def reexec_with_defaults() -> None:

@@ -255,7 +255,7 @@ def export(workdir: str, path: str, *, step: int | None = None) -> dict:
   src, partial, step = ckpt_lib.variables_source(workdir, step)
   _, target = _abstract_model(config)
   ckpt_lib.check_shapes(src, target)
-  cpu = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  cpu = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   restored = ckpt_lib.restore_variables(
       src, ckpt_lib.abstract_like(target, cpu), partial=partial)
   num_params = ckpt_lib.save_variables(restored, path)
@@ -274,7 +274,9 @@ def register(workdir: str, registry_dir: str, *, name: str | None = None,
 
   The checkpoint goes to ``<registry_dir>/checkpoints/<name>/`` and the entry
   to ``<registry_dir>/entries/<name>.json``; ``name`` defaults to the run's
-  ``config.name``. Returns the entry's path.
+  ``config.name``. Returns the entry's path. With several processes, every
+  process calls it (the export is an Orbax save, which is collective);
+  process 0 writes the entry.
   """
   registry_dir = str(fileio.as_path(registry_dir))
   config = workdir_config(workdir)
@@ -301,7 +303,9 @@ def register(workdir: str, registry_dir: str, *, name: str | None = None,
       "training": training or ({"command": command} if command else None),
       "card": card or default_card(config, exported["step"]),
   }
-  return registry_lib.write_entry(registry_dir, data)
+  if jax.process_index() == 0:
+    return registry_lib.write_entry(registry_dir, data)
+  return registry_lib.entry_path(registry_dir, name)
 
 
 def eval_metrics(result: dict | None, command: str) -> dict:

@@ -37,6 +37,11 @@ def pytest_configure(config):
     os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
   # Cache small compilations too, not only those over jax's default 1 s.
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+  # libtpu (for the TPU compile tests) without a TPU: keep jax from loading it
+  # in every process (it probes for chips and the metadata server).
+  from nifzoo import runtime  # pylint: disable=g-import-not-at-top
+  if "JAX_PLATFORMS" not in os.environ and runtime.tpu_without_chips():
+    os.environ["JAX_PLATFORMS"] = "cpu"
 
 
 def pytest_unconfigure(config):

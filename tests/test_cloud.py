@@ -115,6 +115,18 @@ def test_files_hash_alike_with_and_without_directory_placeholders(gcs_path):
     registry.hash_directory(gcs_path + "-missing")
 
 
+def test_listings_see_writes_by_other_clients(gcs_path):
+  """Orbax's arrays (tensorstore) and other processes write behind gcsfs's
+  back: a listing must still show them (a trainer must see its newest step)."""
+  import fsspec  # pylint: disable=g-import-not-at-top
+  fileio.write_text(f"{gcs_path}/checkpoints/2/x", "2")
+  assert [p.name for p in fileio.as_path(f"{gcs_path}/checkpoints").iterdir()] == ["2"]
+  other = fsspec.filesystem("gcs", skip_instance_cache=True)  # Another client.
+  other.pipe(f"{gcs_path[len('gs://'):]}/checkpoints/4/x", b"4")
+  assert ckpt_lib.latest_step(gcs_path) == 4
+  assert list(fileio.list_files(f"{gcs_path}/checkpoints")) == ["2/x", "4/x"]
+
+
 def test_metrics_file_keeps_every_record_on_gs(gcs_path):
   """gcsfs cannot append (it overwrites): every record must survive, and a
   resumed run's writer keeps the earlier lines."""
@@ -327,3 +339,34 @@ def test_digits_from_a_gs_data_dir_equal_the_embedded_ones(gcs_path):
   ref = next(iter(data.make_dataset(c.data, "train", global_batch_size=16, seed=0,
                                     shuffle=True, repeat=False)))
   np.testing.assert_array_equal(batch["image"], ref["image"])
+
+
+# ------------------------------------------------------------------ the pod script
+
+
+def test_train_pod_dry_run_prints_the_gcloud_commands(tmp_path):
+  """launch/tpu/train_pod.sh with DRY_RUN=1 prints what it would run, and a
+  gcloud on the PATH is never called (this one fails the test if it is)."""
+  import shlex  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  fake = tmp_path / "gcloud"
+  fake.write_text("#!/bin/sh\necho called >&2\nexit 9\n")
+  fake.chmod(0o755)
+  env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "DRY_RUN": "1", "PROJECT_ID": "proj",
+         "ZONE": "europe-west4-b", "TPU_NAME": "pod", "BUCKET": "gs://bkt",
+         "REGISTRY": "gs://bkt/registry", "CONFIG": "configs/celeba.py:nif64"}
+  out = subprocess.run(["bash", os.path.join(ROOT, "launch", "tpu", "train_pod.sh"),
+                        "all"], env=env, capture_output=True, text=True, check=True)
+  assert "called" not in out.stderr
+  cmds = [shlex.split(l) for l in out.stdout.splitlines()]
+  assert [c[:5] for c in cmds] == [["gcloud", "compute", "tpus", "tpu-vm", v]
+                                   for v in ("create", "ssh", "ssh")]
+  assert "--accelerator-type=v5litepod-32" in cmds[0]
+  for c in cmds[1:]:
+    assert {"--worker=all", "--project=proj", "--zone=europe-west4-b"} <= set(c)
+  assert "'.[tpu,tensorboard]'" in cmds[1][-1]  # libtpu and gcsfs.
+  train = shlex.split(cmds[2][-1].partition("&&")[2].partition("2>&1")[0])
+  assert train[:3] == ["python3", "launch/train.py", "--distributed"]
+  assert {"--config=configs/celeba.py:nif64", "--workdir=gs://bkt/runs/celeba-nif64",
+          "--config.data.data_dir=gs://bkt/tensorflow_datasets",
+          "--register=gs://bkt/registry", "--name=celeba-nif64"} <= set(train)

@@ -18,8 +18,25 @@ from nifzoo import runtime
      {"OPENBLAS_NUM_THREADS": "1", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=0",
       "X": "y"}),
 ])
-def test_with_defaults_keeps_what_the_user_set(env, want):
+def test_with_defaults_keeps_what_the_user_set(env, want, monkeypatch):
+  monkeypatch.setattr(runtime, "tpu_without_chips", lambda: False)
   assert runtime.with_defaults(env) == want
+
+
+def test_libtpu_without_chips_keeps_jax_on_cpu(monkeypatch, tmp_path):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(runtime, "tpu_without_chips", lambda: True)
+  assert runtime.with_defaults({})["JAX_PLATFORMS"] == "cpu"
+  assert runtime.with_defaults({"JAX_PLATFORMS": "tpu"})["JAX_PLATFORMS"] == "tpu"
+  monkeypatch.undo()
+  found = {"libtpu"}
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda name: object() if name in found else None)
+  assert runtime.tpu_without_chips() == (not os.path.exists("/dev/accel0"))
+  found.add("jax_cuda13_plugin")  # A GPU machine keeps its default platforms.
+  assert not runtime.tpu_without_chips()
+  found.clear()
+  assert not runtime.tpu_without_chips()
 
 
 _SCRIPT = """

@@ -7,6 +7,10 @@
 #   BUCKET=gs://my-bucket CONFIG=configs/celeba.py:nif128 \
 #   bash launch/tpu/train_pod.sh [create|setup|train|delete|all]
 #
+# DRY_RUN=1 prints the gcloud commands instead of running them (no gcloud needed).
+# REGISTRY=gs://my-bucket/registry registers the finished run there (zoo.load(name,
+# registry=REGISTRY) from any machine with `pip install "nifzoo[gcs]"`).
+#
 # Notes (see the Cloud TPU "Run JAX code on TPU slices" guide):
 # * Every worker must run the command (--worker=all): jax.distributed.initialize()
 #   on only some hosts of a slice deadlocks. The script passes --distributed.
@@ -28,32 +32,41 @@ CONFIG="${CONFIG:-configs/celeba.py:nif128}"
 RUN_NAME="${RUN_NAME:-$(echo "${CONFIG}" | sed 's#configs/##; s#\.py:#-#; s#,#_#g')}"
 REPO_URL="${REPO_URL:-https://github.com/your-org/nifzoo.git}"
 BATCH="${BATCH:-256}"
+REGISTER="${REGISTRY:+--register=${REGISTRY} --name=${RUN_NAME}}"
+
+run() {  # Runs a command, or with DRY_RUN=1 prints it (shell-quoted).
+  if [ "${DRY_RUN:-0}" = 1 ]; then
+    printf '%q ' "$@"; echo
+  else
+    "$@"
+  fi
+}
 
 ssh_all() {
-  gcloud compute tpus tpu-vm ssh "${TPU_NAME}" --project="${PROJECT_ID}" \
+  run gcloud compute tpus tpu-vm ssh "${TPU_NAME}" --project="${PROJECT_ID}" \
     --zone="${ZONE}" --worker=all --command="$1"
 }
 
 create() {
-  gcloud compute tpus tpu-vm create "${TPU_NAME}" --project="${PROJECT_ID}" \
+  run gcloud compute tpus tpu-vm create "${TPU_NAME}" --project="${PROJECT_ID}" \
     --zone="${ZONE}" --accelerator-type="${ACCELERATOR_TYPE}" \
     --version="${RUNTIME_VERSION}"
 }
 
-setup() {
+setup() {  # The tpu extra: libtpu and gcsfs (gs:// without tensorflow).
   ssh_all "set -e; rm -rf nifzoo; git clone -q ${REPO_URL} nifzoo && cd nifzoo && \
-    pip install -q -e . && pip install -q 'jax[tpu]==0.10.2'"
+    pip install -q -e '.[tpu,tensorboard]' -c constraints.txt"
 }
 
-train() {
+train() {  # Every worker runs it; re-running resumes from the workdir.
   ssh_all "cd nifzoo && python3 launch/train.py --distributed \
     --config=${CONFIG} --workdir=${BUCKET}/runs/${RUN_NAME} \
     --config.data.data_dir=${BUCKET}/tensorflow_datasets \
-    --config.batch_size=${BATCH} 2>&1 | tee -a train.log"
+    --config.batch_size=${BATCH} ${REGISTER} 2>&1 | tee -a train.log"
 }
 
 delete() {
-  gcloud compute tpus tpu-vm delete "${TPU_NAME}" --project="${PROJECT_ID}" \
+  run gcloud compute tpus tpu-vm delete "${TPU_NAME}" --project="${PROJECT_ID}" \
     --zone="${ZONE}" --quiet
 }
 

@@ -312,7 +312,10 @@ def restore_variables(path: str, target: dict, *, partial: bool = False) -> dict
 
 def save_variables(model_or_state, path: str) -> dict:
   """Writes a variables-only checkpoint ``{"params", "rest"}`` (unsharded
-  numpy, no optimiser state) at ``path``; returns the number of parameters."""
+  numpy, no optimiser state) at ``path``; returns the number of parameters.
+
+  With several processes every process calls it (Orbax's save is collective);
+  process 0 writes the files."""
   if isinstance(model_or_state, nnx.Module):
     _, params, rest = nnx.split(model_or_state, nnx.Param, ...)
     state = {"params": params, "rest": rest}
@@ -320,7 +323,10 @@ def save_variables(model_or_state, path: str) -> dict:
     state = model_or_state
   state = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), state)
   path = _abspath(path)
-  fileio.rmtree(path)  # Re-exporting a name replaces its checkpoint.
+  if jax.process_index() == 0:
+    fileio.rmtree(path)  # Re-exporting a name replaces its checkpoint.
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("nifzoo_save_variables")
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(path, state)
   ckptr.wait_until_finished()

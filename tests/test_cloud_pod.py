@@ -1,0 +1,201 @@
+"""gs:// with TensorFlow's tf.io.gfile in play, and the pod rehearsal (slow).
+
+Every process here talks to the local GCS emulator (tests/conftest.py's `gcs`
+fixture): the launchers' subprocesses inherit its variables, and
+TensorFlow (clu's TensorBoard writer, and epath's backend where
+``EPATH_USE_TF=true``) reaches it through the fixture's TLS proxy.
+
+- A run written with TensorFlow's backend (its ``dir/`` placeholder objects
+  included) loads, verifies and registers with gcsfs.
+- The pod rehearsal (README, "On Cloud TPU and GCS"): 2 processes x 2 host
+  devices train from digits in the bucket into a gs:// workdir; SIGTERM to both
+  stops them at one step with one exit checkpoint; the resumed run registers
+  into a gs:// registry; a 2-process launch/evaluate.py reads that entry and
+  writes its outputs to gs://; a fresh process with gcsfs and no TensorFlow
+  loads the entry and gives the trainer's log p.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from nifzoo import configs
+from nifzoo import data
+from nifzoo import fileio
+from nifzoo import registry
+from nifzoo import zoo
+from nifzoo.train import checkpoint as ckpt_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, "launch", "train.py")
+EVALUATE = os.path.join(ROOT, "launch", "evaluate.py")
+SMALL = ("--config.eval_batches=1", "--config.sample_every=100000")
+
+# A fresh process that cannot import TensorFlow: gcsfs is its only gs:// backend.
+_NO_TF_LOAD = """
+import json, sys
+sys.modules["tensorflow"] = None
+import jax, numpy as np
+from nifzoo import zoo
+name, reg, images = sys.argv[1], sys.argv[2], np.load(sys.argv[3])
+model = zoo.load(name, registry=reg)
+lp = model.log_prob(images, key=jax.random.key(1))
+print("RESULT " + json.dumps({"log_prob": np.asarray(lp).tolist(),
+                              "tf": sys.modules.get("tensorflow") is not None}))
+"""
+
+
+def _env(gcs, devices=1, **extra):
+  env = {**os.environ, **gcs.env, "TF_CPP_MIN_LOG_LEVEL": "2",
+         "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra}
+  if devices > 1:
+    env["XLA_FLAGS"] = " ".join(env.get("XLA_FLAGS", "").split() + [
+        f"--xla_force_host_platform_device_count={devices}"])
+  return env
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _exists(gcs, path) -> bool:
+  gcs.invalidate()
+  return fileio.as_path(path).exists()
+
+
+def _images():
+  src = data.get_source(configs.get_config("digits-nif8").data, "test")
+  return np.stack([src[i]["image"] for i in range(8)]).astype(np.int32)
+
+
+def _log_prob(model, images):
+  return np.asarray(model.log_prob(images, key=jax.random.key(1)))
+
+
+def _steps(gcs, workdir):
+  gcs.invalidate()
+  return sorted(int(p.name) for p in fileio.as_path(f"{workdir}/checkpoints").iterdir()
+                if p.name.isdigit())
+
+
+@pytest.mark.slow
+def test_a_run_written_with_tensorflow_loads_with_gcsfs(gcs):
+  workdir, reg = gcs.prefix("tfrun"), gcs.prefix("tfreg")
+  proc = subprocess.run(
+      [sys.executable, TRAIN, f"--config={ROOT}/configs/digits.py:nif4,tiny",
+       f"--workdir={workdir}", "--config.total_steps=4", "--config.checkpoint_every=2",
+       "--config.log_every=2", *SMALL, f"--register={reg}", "--name=digits-tf"],
+      env=_env(gcs, EPATH_USE_TF="true"), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  gcs.invalidate()
+  objects = gcs.objects(workdir)
+  assert any(k.endswith("/") and v == 0 for k, v in objects.items()), objects
+  assert any("events.out.tfevents" in k for k in objects)  # clu's TensorBoard log.
+  assert ckpt_lib.verify_checksums(f"{workdir}/checkpoints/4")
+  images = _images()
+  want = _log_prob(zoo.load(workdir), images)
+  np.testing.assert_array_equal(_log_prob(zoo.load("digits-tf", registry=reg), images),
+                                want)
+  zoo.register(workdir, f"{reg}-gcsfs", name="digits-tf", command="pytest")
+  np.testing.assert_array_equal(
+      _log_prob(zoo.load("digits-tf", registry=f"{reg}-gcsfs"), images), want)
+
+
+def _launch(script, args, gcs, num_processes=2, devices=2):
+  port = _free_port()
+  return [subprocess.Popen(
+      [sys.executable, script, *args, f"--coordinator_address=127.0.0.1:{port}",
+       f"--num_processes={num_processes}", f"--process_id={i}"],
+      env=_env(gcs, devices), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True) for i in range(num_processes)]
+
+
+def _wait(procs, timeout=600):
+  outs = [p.communicate(timeout=timeout)[0] for p in procs]
+  if os.environ.get("NIFZOO_POD_LOGS"):  # Where to keep the processes' output.
+    for i, o in enumerate(outs):
+      with open(os.path.join(os.environ["NIFZOO_POD_LOGS"],
+                             f"{time.time():.0f}-{i}.log"), "w") as f:
+        f.write(o)
+  return [p.returncode for p in procs], outs
+
+
+@pytest.mark.slow
+def test_pod_rehearsal(gcs, tmp_path):
+  from nifzoo.data import digits  # pylint: disable=g-import-not-at-top
+  data_dir, workdir = gcs.prefix("tfds"), gcs.prefix("pod")
+  reg, outdir, name = gcs.prefix("registry"), gcs.prefix("eval"), "digits-nif8-pod"
+  digits.write_tfds(data_dir)
+  train = [f"--config={ROOT}/configs/digits.py:nif8,tiny", f"--workdir={workdir}",
+           f"--config.data.data_dir={data_dir}", "--config.checkpoint_every=3",
+           "--config.log_every=3", *SMALL]
+
+  # 2 processes x 2 devices; SIGTERM to both once step 3 is checkpointed.
+  procs = _launch(TRAIN, [*train, "--config.total_steps=100000"], gcs)
+  first = f"{workdir}/checkpoints/3/{ckpt_lib.CHECKSUMS_FILE}"
+  deadline = time.time() + 400
+  while (not _exists(gcs, first) and all(p.poll() is None for p in procs)
+         and time.time() < deadline):
+    time.sleep(0.5)
+  for p in procs:
+    p.send_signal(signal.SIGTERM)
+  codes, outs = _wait(procs)
+  assert codes == [143, 143], "\n".join(o[-3000:] for o in outs)
+  stopped = {int(re.search(r"Stopped by SIGTERM \(preemption\) at step (\d+)", o)[1])
+             for o in outs}
+  assert len(stopped) == 1, stopped  # Both at the same step...
+  stop = stopped.pop()
+  steps = _steps(gcs, workdir)
+  assert steps[-1] == stop >= 3, steps  # ...with its exit checkpoint,
+  assert [s for s in steps if s % 3] in ([], [stop]), steps  # and only that one.
+  assert ckpt_lib.verify_checksums(f"{workdir}/checkpoints/{stop}")
+  assert not _exists(gcs, f"{workdir}/lease.json")  # Released on the way out.
+
+  # Resume to stop + 3 and register into the gs:// registry.
+  procs = _launch(TRAIN, [*train, f"--config.total_steps={stop + 3}",
+                          f"--register={reg}", f"--name={name}"], gcs)
+  codes, outs = _wait(procs)
+  assert codes == [0, 0], "\n".join(o[-3000:] for o in outs)
+  assert f"Resumed from" in outs[0] and f"at step {stop}" in outs[0]
+  assert _steps(gcs, workdir)[-1] == stop + 3
+  entry = registry.find(name, reg)
+  assert entry.checkpoint["step"] == stop + 3 and "test_bits_per_dim" in entry.metrics
+
+  # Evaluation on 2 processes: reads the entry, writes metrics.json and PNGs to gs://.
+  procs = _launch(EVALUATE, [f"--model={name}", f"--registry={reg}",
+                             "--evals=bpd,figures", f"--outdir={outdir}",
+                             "--batch_size=64", "--bpd_draws=1"], gcs)
+  codes, outs = _wait(procs)
+  assert codes == [0, 0], "\n".join(o[-3000:] for o in outs)
+  gcs.invalidate()
+  saved = fileio.read_json(f"{outdir}/metrics.json")
+  assert saved["results"]["bpd"]["num_images"] == 300
+  assert np.isfinite(saved["metrics"]["test_bits_per_dim"]["value"])
+  assert {"samples_s0.png", "samples_s1.png", "reconstructions.png"} <= set(
+      fileio.list_files(outdir))
+
+  # A fresh process with gcsfs only loads the entry: the trainer's final log p.
+  images = _images()
+  np.save(tmp_path / "images.npy", images)
+  proc = subprocess.run(
+      [sys.executable, "-c", _NO_TF_LOAD, name, reg, str(tmp_path / "images.npy")],
+      env=_env(gcs, EPATH_USE_TF="false"), capture_output=True, text=True,
+      timeout=300)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+  got = json.loads(lines[-1][len("RESULT "):])
+  assert not got["tf"]
+  final = zoo.load(workdir)  # The trainer's newest checkpoint (stop + 3).
+  np.testing.assert_array_equal(np.asarray(got["log_prob"], np.float32),
+                                _log_prob(final, images))
