@@ -10,7 +10,7 @@ The pieces
   backend, plain HTTP on a free 127.0.0.1 port, one bucket made from a folder
   under ``-data``), ready when ``GET /storage/v1/b`` answers 200, stopped by PID.
 - `client_env(port, proxy_port=...)`: every variable that points a client at it
-  (table in /work/shared/spec/gcs.md). `check_env` raises naming the first
+  (the table in `client_env`'s docstring). `check_env` raises naming the first
   required variable that is missing or points off loopback.
 - `TLSProxy`: ``tf.io.gfile`` has its hosts compiled in (``www.googleapis.com``
   for the JSON API and uploads, ``storage.googleapis.com`` for downloads) and
@@ -21,8 +21,7 @@ The pieces
   request in plain HTTP to the emulator. It fixes what TF and fake-gcs-server
   1.54 disagree on: it drops ``Transfer-Encoding: identity`` (the emulator
   answers 501), answers ``GET /storage/v1/b/<b>/storageLayout`` itself (the
-  emulator 404s; gcs.md saw TF's rename ask it, this file's renames do
-  not), and rewrites resumable-upload
+  emulator 404s; TF's rename may ask it), and rewrites resumable-upload
   ``Location`` headers from the emulator's URL back to the proxied host.
   Requests to a googleapis host other than www/storage (say oauth2) get a 403
   and are counted in ``TLSProxy.refused``: TF never sends one, because
@@ -30,8 +29,8 @@ The pieces
   without any credential search or metadata probe. TF opens a new connection
   (CONNECT + TLS handshake) per request: about 1 s for a dozen operations.
 
-When each client reads its variables (verified here, versions of gcs.md)
------------------------------------------------------------------------
+When each client reads its variables (verified with fake-gcs-server 1.54, gcsfs 2026.10, TF 2.21)
+----------------------------------------------------------------------------------
 - tensorstore (Orbax): ``TENSORSTORE_GCS_HTTP_URL`` at each gcs kvstore open
   (two emulators, value changed between opens: each open hit the new one).
   Without ``GOOGLE_AUTH_TOKEN_FOR_TESTING`` it searches credentials, probes the

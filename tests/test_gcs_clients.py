@@ -53,7 +53,7 @@ def test_epath_gcsfs_round_trip(gcs, gcs_path):
   assert (root / "sub").is_dir() and (root / "a.txt").exists()
   assert not (root / "missing").exists()
   # Rename into an existing "folder" (fsspec refuses a destination whose parent
-  # has no object: gcs.md).
+  # has no object).
   (root / "a.txt").rename(root / "sub" / "c.txt")
   assert not (root / "a.txt").exists()
   assert (root / "sub" / "c.txt").read_text() == "alpha"
@@ -251,7 +251,7 @@ def test_tf_gfile_through_proxy(gcs, tf_run):
   objects = gcs.objects(root + "/gfile")
   key = _key(root) + "/gfile"
   assert objects == {f"{key}/b.txt": 13, f"{key}/emptydir/": 0}
-  # ...which gcsfs lists as a child with the directory's own name (gcs.md).
+  # ...which gcsfs lists as a child with the directory's own name.
   gcs.invalidate()
   fs = _gcsfs()
   listed = fs.ls(f"{root}/gfile/emptydir", detail=False)

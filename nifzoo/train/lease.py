@@ -97,7 +97,8 @@ import uuid
 import jax
 import numpy as np
 from absl import logging
-from etils import epath
+
+from nifzoo import fileio
 
 
 LEASE_FILE = "lease.json"
@@ -130,14 +131,10 @@ def _iso(t: datetime.datetime) -> str:
   return t.isoformat(timespec="milliseconds")
 
 
-def _is_remote(path) -> bool:
-  return "://" in str(path)
-
-
 def read(workdir) -> dict | None:
   """The lease record of ``workdir``, None when there is none. An unreadable
   file gives ``{"unreadable": "<reason>"}``."""
-  path = epath.Path(workdir) / LEASE_FILE
+  path = fileio.as_path(workdir) / LEASE_FILE
   try:
     text = path.read_text()
   except FileNotFoundError:
@@ -237,14 +234,14 @@ class Lease:
     if not (isinstance(stale_secs, (int, float)) and stale_secs > 0):
       raise ValueError(f"stale_secs must be a number > 0, got {stale_secs!r}.")
     self.workdir = str(workdir)
-    self.path = epath.Path(workdir) / LEASE_FILE
+    self.path = fileio.as_path(workdir) / LEASE_FILE
     self.stale_secs = float(stale_secs)
     self.heartbeat_secs = float(heartbeat_secs if heartbeat_secs is not None
                                 else stale_secs / 10)
     if not 0 < self.heartbeat_secs < self.stale_secs:
       raise ValueError(f"heartbeat_secs must be in (0, stale_secs="
                        f"{self.stale_secs}), got {self.heartbeat_secs!r}.")
-    self.remote = _is_remote(workdir)
+    self.remote = not fileio.is_local(workdir)
     self.settle_secs = float(settle_secs if settle_secs is not None else
                              (2.0 if self.remote else 0.1))
     self.chief = jax.process_index() == 0
