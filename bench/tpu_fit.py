@@ -65,13 +65,13 @@ def _record(c: tpu.Compiled) -> dict:
   return out
 
 
-def fit_one(name: str, gen: str, log) -> dict:
-  """The row of one config on one generation."""
+def at_paper_batch(name: str, gen: str, log) -> dict:
+  """The row of one config on one generation: the paper's batch over a slice
+  and on one chip (phase 1)."""
   config = configs.get_config(name)
   batch = config.batch_size
   row = {"config": name, "generation": gen,
          "usable_hbm_gib": tpu.USABLE_HBM_GIB[gen]}
-  t0 = time.perf_counter()
   c = tpu.compile_train_step(config, SLICES[gen], batch)
   row["slice"] = _record(c)
   log(f"  slice {c.topology} {c.per_chip_batch}/chip: "
@@ -83,8 +83,16 @@ def fit_one(name: str, gen: str, log) -> dict:
       f"{'%.2f GiB' % o.hbm_gib if o.fits else 'REFUSED'} {o.compile_s:.0f} s")
   if o.fits and config.model.prior != "normal":
     row["prior_products_highest"] = len(tpu.check_prior_precision(o.hlo_text))
-  o.hlo_text = o.executable = None
+  return row
 
+
+def add_max_batch(row: dict, log) -> None:
+  """Phase 2: the largest per-chip batch on one chip, predicted from the two
+  compiles of phase 1 and confirmed by the compiler."""
+  config = configs.get_config(row["config"])
+  gen, batch = row["generation"], config.batch_size
+  one = tpu.ONE_CHIP[gen]
+  s, o = row["slice"], row["one_chip"]
   compiles = []
 
   def at(b):
@@ -96,18 +104,15 @@ def fit_one(name: str, gen: str, log) -> dict:
         f"{r.compile_s:.0f} s")
     return r
 
-  known = {batch: o.fits}
-  if o.fits and c.fits and c.per_chip_batch != batch:
-    guess = tpu.predict_max_batch(c.per_chip_batch, c.hbm["total"], batch,
-                                  o.hbm["total"], tpu.USABLE_HBM_GIB[gen] * GiB)
+  known = {batch: o["fits"]}
+  if o["fits"] and s["fits"] and s["per_chip_batch"] != batch:
+    guess = tpu.predict_max_batch(s["per_chip_batch"], s["hbm_bytes"], batch,
+                                  o["hbm_bytes"], row["usable_hbm_gib"] * GiB)
   else:
     guess = batch
   row["max_batch_predicted"] = guess
-  best, _ = tpu.max_batch(at, guess, known=known)
-  row["max_per_chip_batch"] = best
+  row["max_per_chip_batch"], _ = tpu.max_batch(at, guess, known=known)
   row["max_batch_compiles"] = compiles
-  row["wall_s"] = round(time.perf_counter() - t0, 1)
-  return row
 
 
 def main():
@@ -132,7 +137,6 @@ def main():
           "batch_multiple": 8, "rows": [], "complete": False}
   if args.resume and out.exists():
     data["rows"] = json.loads(out.read_text())["rows"]
-  done = {(r["config"], r["generation"]) for r in data["rows"]}
   t0 = time.perf_counter()
   log = lambda s: print(s, flush=True)
 
@@ -141,15 +145,21 @@ def main():
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1) + "\n")
 
-  for gen in gens:
+  rows = {(r["config"], r["generation"]): r for r in data["rows"]}
+  for gen in gens:  # Phase 1: the paper's batch, everywhere.
     for name in names:
-      if (name, gen) in done:
-        continue
-      log(f"{name} on {gen}")
-      data["rows"].append(fit_one(name, gen, log))
-      write()
-  data["complete"] = all((n, g) in {(r["config"], r["generation"])
-                                    for r in data["rows"]}
+      if (name, gen) not in rows:
+        log(f"{name} on {gen}: batch 32")
+        rows[name, gen] = at_paper_batch(name, gen, log)
+        data["rows"].append(rows[name, gen])
+        write()
+  for gen in gens:  # Phase 2: the largest per-chip batch.
+    for name in names:
+      if "max_per_chip_batch" not in rows[name, gen]:
+        log(f"{name} on {gen}: largest batch per chip")
+        add_max_batch(rows[name, gen], log)
+        write()
+  data["complete"] = all("max_per_chip_batch" in rows[n, g]
                          for n in names for g in gens)
   write()
   print(table(data))

@@ -25,6 +25,7 @@ rounded to bfloat16 (``bench/tpu_precision.py``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import glob
@@ -64,13 +65,27 @@ class TPUUnavailableError(RuntimeError):
 def _compile_only_setup() -> None:
   """What a process compiling for TPU without one needs: libtpu may be loaded
   by several processes at once (pytest -n), its warnings about the missing
-  hardware are silenced (the target follows the topology name), and the
-  persistent compilation cache is off (it writes TPU entries that a
-  compile-only client cannot read back: disk, no speed-up)."""
+  hardware are silenced (the target follows the topology name)."""
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+
+
+@contextlib.contextmanager
+def no_persistent_cache():
+  """The persistent compilation cache off for the compiles inside the block
+  (then back as it was): it writes TPU entries that a compile-only client
+  cannot read back (disk, no speed-up). jax decides once per process whether
+  the cache is used, hence the resets."""
+  from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=g-import-not-at-top
+  was = jax.config.jax_enable_compilation_cache
   jax.config.update("jax_enable_compilation_cache", False)
+  cc.reset_cache()
+  try:
+    yield
+  finally:
+    jax.config.update("jax_enable_compilation_cache", was)
+    cc.reset_cache()
 
 
 def generation(topology_name: str) -> str:
@@ -197,7 +212,8 @@ def compile_train_step(config, topology_name: str, global_batch: int | None = No
   with tempfile.TemporaryDirectory(prefix="nifzoo-tpu-dump-") as dump:
     t0 = time.perf_counter()
     try:
-      exe = lowered.compile(compiler_options={"xla_dump_to": dump})
+      with no_persistent_cache():
+        exe = lowered.compile(compiler_options={"xla_dump_to": dump})
     except Exception as e:  # pylint: disable=broad-except
       if not is_out_of_memory(e):
         raise

@@ -37,6 +37,9 @@ def pytest_configure(config):
     os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
   # Cache small compilations too, not only those over jax's default 1 s.
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+  # TPU compiles (tests/test_tpu.py): the xdist workers each load libtpu, which
+  # refuses a second process unless told (libtpu's lockfile).
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 def pytest_unconfigure(config):
