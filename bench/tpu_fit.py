@@ -65,25 +65,23 @@ def _record(c: tpu.Compiled) -> dict:
   return out
 
 
-def at_paper_batch(name: str, gen: str, log) -> dict:
-  """The row of one config on one generation: the paper's batch over a slice
-  and on one chip (phase 1)."""
-  config = configs.get_config(name)
-  batch = config.batch_size
-  row = {"config": name, "generation": gen,
-         "usable_hbm_gib": tpu.USABLE_HBM_GIB[gen]}
-  c = tpu.compile_train_step(config, SLICES[gen], batch)
-  row["slice"] = _record(c)
-  log(f"  slice {c.topology} {c.per_chip_batch}/chip: "
+def new_row(name: str, gen: str) -> dict:
+  return {"config": name, "generation": gen,
+          "usable_hbm_gib": tpu.USABLE_HBM_GIB[gen]}
+
+
+def at_paper_batch(row: dict, where: str, log) -> None:
+  """The paper's batch over the generation's slice (``where="slice"``) or all
+  on one chip (``"one_chip"``)."""
+  config = configs.get_config(row["config"])
+  gen, batch = row["generation"], config.batch_size
+  topo = SLICES[gen] if where == "slice" else tpu.ONE_CHIP[gen]
+  c = tpu.compile_train_step(config, topo, batch, keep_text=where == "one_chip")
+  row[where] = _record(c)
+  log(f"  {where} {topo} {c.per_chip_batch}/chip: "
       f"{'%.2f GiB' % c.hbm_gib if c.fits else 'REFUSED'} {c.compile_s:.0f} s")
-  one = tpu.ONE_CHIP[gen]
-  o = tpu.compile_train_step(config, one, batch, keep_text=True)
-  row["one_chip"] = _record(o)
-  log(f"  one chip {one} {batch}/chip: "
-      f"{'%.2f GiB' % o.hbm_gib if o.fits else 'REFUSED'} {o.compile_s:.0f} s")
-  if o.fits and config.model.prior != "normal":
-    row["prior_products_highest"] = len(tpu.check_prior_precision(o.hlo_text))
-  return row
+  if where == "one_chip" and c.fits and config.model.prior != "normal":
+    row["prior_products_highest"] = len(tpu.check_prior_precision(c.hlo_text))
 
 
 def add_max_batch(row: dict, log) -> None:
@@ -92,7 +90,7 @@ def add_max_batch(row: dict, log) -> None:
   config = configs.get_config(row["config"])
   gen, batch = row["generation"], config.batch_size
   one = tpu.ONE_CHIP[gen]
-  s, o = row["slice"], row["one_chip"]
+  s, o = row.get("slice"), row["one_chip"]
   compiles = []
 
   def at(b):
@@ -105,7 +103,7 @@ def add_max_batch(row: dict, log) -> None:
     return r
 
   known = {batch: o["fits"]}
-  if o["fits"] and s["fits"] and s["per_chip_batch"] != batch:
+  if o["fits"] and s and s["fits"] and s["per_chip_batch"] != batch:
     guess = tpu.predict_max_batch(s["per_chip_batch"], s["hbm_bytes"], batch,
                                   o["hbm_bytes"], row["usable_hbm_gib"] * GiB)
   else:
@@ -146,20 +144,32 @@ def main():
     out.write_text(json.dumps(data, indent=1) + "\n")
 
   rows = {(r["config"], r["generation"]): r for r in data["rows"]}
-  for gen in gens:  # Phase 1: the paper's batch, everywhere.
+  for gen in gens:
     for name in names:
       if (name, gen) not in rows:
-        log(f"{name} on {gen}: batch 32")
-        rows[name, gen] = at_paper_batch(name, gen, log)
+        rows[name, gen] = new_row(name, gen)
         data["rows"].append(rows[name, gen])
-        write()
-  for gen in gens:  # Phase 2: the largest per-chip batch.
-    for name in names:
-      if "max_per_chip_batch" not in rows[name, gen]:
-        log(f"{name} on {gen}: largest batch per chip")
-        add_max_batch(rows[name, gen], log)
-        write()
-  data["complete"] = all("max_per_chip_batch" in rows[n, g]
+  # The order gets the most information early (an interrupted run keeps it):
+  # the first generation at the paper's batch (slice and one chip), every
+  # other generation on one chip, the first generation's largest batch, the
+  # other generations' slices, their largest batch.
+  first, others = gens[0], gens[1:]
+  tasks = ([(n, first, w) for n in names for w in ("slice", "one_chip")]
+           + [(n, g, "one_chip") for g in others for n in names]
+           + [(n, first, "max") for n in names]
+           + [(n, g, "slice") for g in others for n in names]
+           + [(n, g, "max") for g in others for n in names])
+  for name, gen, what in tasks:
+    row = rows[name, gen]
+    if what in row or (what == "max" and "max_per_chip_batch" in row):
+      continue
+    log(f"{name} on {gen}: {what}")
+    if what == "max":
+      add_max_batch(row, log)
+    else:
+      at_paper_batch(row, what, log)
+    write()
+  data["complete"] = all("max_per_chip_batch" in rows[n, g] and "slice" in rows[n, g]
                          for n in names for g in gens)
   write()
   print(table(data))
@@ -170,13 +180,14 @@ def table(data) -> str:
   lines = ["| model | TPU | HBM/chip, 32 over 4 chips | HBM, 32 on one chip "
            "| largest batch/chip | compile (one chip) |",
            "|---|---|---|---|---|---|"]
+  f = lambda x: ("not run" if x is None else f"{x['hbm_gib']:.2f} GiB"
+                 if x["fits"] else "does not fit")
   for r in data["rows"]:
-    s, o = r["slice"], r["one_chip"]
-    f = lambda x: f"{x['hbm_gib']:.2f} GiB" if x["fits"] else "does not fit"
+    s, o = r.get("slice"), r.get("one_chip")
     lines.append(
         f"| {r['config']} | {r['generation']} ({r['usable_hbm_gib']} GiB) "
-        f"| {f(s)} | {f(o)} | {r.get('max_per_chip_batch', '?')} "
-        f"| {o['compile_s']:.0f} s |")
+        f"| {f(s)} | {f(o)} | {r.get('max_per_chip_batch', 'not run')} "
+        f"| {'%.0f s' % o['compile_s'] if o else 'not run'} |")
   return "\n".join(lines)
 
 
