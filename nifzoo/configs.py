@@ -138,7 +138,7 @@ def build_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigD
   # (float32 on CPU and GPU without TF32, ONE bfloat16 pass on TPU); "high" or
   # "highest" ask for 3 or 6 bfloat16 passes on TPU (float32 accuracy); the
   # paper's numbers were float32. The NIF prior's closed form is float32 on
-  # every backend whatever this says (docs/math.md, "Precision"). Not part of
+  # every backend whatever this says (docs/math.md §8). Not part of
   # the wiring: the parameters define the same function at any precision.
   m.matmul_precision = "default"
   # Deep NIF low-dimensional flow (App. B.4) and its importance-weighted bound.

@@ -121,7 +121,7 @@ class ImageFlow(nnx.Module):
       (the Glow's coupling networks and 1x1 convs, the deep NIF's low-dim
       flow), one of :data:`MATMUL_PRECISIONS`; "default" is the backend's
       (one bfloat16 pass on TPU). The NIF prior's products are always
-      ``HIGHEST`` (docs/math.md, "Precision").
+      ``HIGHEST`` (docs/math.md §8).
   """
 
   def __init__(self, image_shape, num_levels: int, *, prior: str = "nif",

@@ -40,7 +40,7 @@ import numpy as np
 _GRAM_SPLIT_MIN_K = 512
 
 # Every product of the NIF algebra is computed at full float32 precision on every
-# backend (docs/math.md, "Precision"): on TPU, JAX's default would give the D x k
+# backend (docs/math.md §8): on TPU, JAX's default would give the D x k
 # products (Gram matrix, projections of x - b, A z) bfloat16 operands. XLA:CPU
 # computes float32 products in float32 either way.
 HIGHEST = jax.lax.Precision.HIGHEST
