@@ -602,8 +602,10 @@ def emulate_tpu_precision(fn: Callable, *, default_passes: int = 1) -> Callable:
 
 def _main(argv):
   del argv
+  import logging  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from nifzoo import configs  # pylint: disable=g-import-not-at-top
+  logging.getLogger("jax").setLevel(logging.WARNING)
   f = flags.FLAGS
   spec = f.config
   if ".py:" in spec or spec.endswith(".py"):
@@ -630,10 +632,10 @@ def _main(argv):
   cap = USABLE_HBM_GIB.get(generation(f.topology))
   if c.fits:
     print(f"  compiles in {c.compile_s:.1f} s; per chip: batch "
-          f"{c.per_chip_batch}, HBM {c.hbm_gib:.2f} GiB"
+          f"{c.per_chip_batch}, HBM {_size(c.hbm['total'])}"
           + (f" of {cap} GiB usable" if cap else "")
-          + f" (arguments {c.hbm['arguments'] / GiB:.2f}, temporaries "
-            f"{c.hbm['temp'] / GiB:.2f} GiB)")
+          + f" (arguments {_size(c.hbm['arguments'])}, temporaries "
+            f"{_size(c.hbm['temp'])})")
     if config.model.prior != "normal":
       n = len(check_prior_precision(c.hlo_text))
       print(f"  the NIF prior's {n} products: all operand_precision=highest")
@@ -651,6 +653,11 @@ def _main(argv):
     known[8] = a.fits
     b, _ = max_batch(at, guess, known=known)
     print(f"  largest per-chip batch that compiles: {b}")
+
+
+def _size(nbytes: int) -> str:
+  return (f"{nbytes / GiB:.2f} GiB" if nbytes >= GiB / 10 else
+          f"{nbytes / 2**20:.1f} MiB")
 
 
 def main():
