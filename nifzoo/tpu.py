@@ -371,13 +371,15 @@ def hardware_record(fit: dict, name: str) -> dict | None:
   ``bench/tpu_fit.py`` JSON: per TPU generation, whether the paper's batch fits
   over the slice and on one chip (with the per-chip HBM) and the largest
   per-chip batch that compiles. None when the JSON has no row for ``name``."""
-  rows = [r for r in fit["rows"] if r["config"] == name]
+  rows = [r for r in fit["rows"] if r["config"] == name and "one_chip" in r]
   if not rows:
     return None
   tpus = {}
   for r in rows:
     rec = {"usable_hbm_gib": r["usable_hbm_gib"]}
     for where in ("slice", "one_chip"):
+      if where not in r:  # not compiled (yet)
+        continue
       x = r[where]
       rec[where] = {"topology": x["topology"], "per_chip_batch": x["per_chip_batch"],
                     "fits": x["fits"]}
@@ -406,14 +408,18 @@ def hardware_lines(record: dict) -> list[str]:
   GiB), 8/chip on v5e:2x2 (1.40 GiB); up to 288/chip``."""
   out = []
   for gen, r in record["tpu"].items():
-    o, s = r["one_chip"], r["slice"]
+    o, s = r["one_chip"], r.get("slice")
     one = (f"{o['per_chip_batch']} on one chip ({o['hbm_gib']:.2f} of "
            f"{r['usable_hbm_gib']} GiB)" if o["fits"] else
            f"{o['per_chip_batch']} does not fit one chip")
-    sl = (f"{s['per_chip_batch']}/chip on {s['topology']} ({s['hbm_gib']:.2f} GiB)"
-          if s["fits"] else f"does not fit {s['topology']}")
+    if s is None:
+      sl = ""
+    elif s["fits"]:
+      sl = f", {s['per_chip_batch']}/chip on {s['topology']} ({s['hbm_gib']:.2f} GiB)"
+    else:
+      sl = f", does not fit {s['topology']}"
     top = r.get("max_per_chip_batch")
-    out.append(f"{gen}: batch {one}, {sl}"
+    out.append(f"{gen}: batch {one}{sl}"
                + (f", up to {top}/chip" if top is not None else ""))
   return out
 

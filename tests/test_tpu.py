@@ -245,3 +245,28 @@ def test_emulated_high_precision_is_three_bf16_passes():
   np.testing.assert_allclose(got, high, rtol=1e-5, atol=1e-4)
   assert err[jax.lax.Precision.HIGHEST] < err[jax.lax.Precision.HIGH] < err[
       jax.lax.Precision.DEFAULT]
+
+
+# ------------------------------------------------------------------ registry
+
+
+def test_paper_entries_carry_the_bench_hardware_records():
+  """The registry's hardware records are what launch/build_registry.py derives
+  from bench/tpu_fit.py's JSON (the repository's own files, not the installed
+  package's registry)."""
+  import json
+  import pathlib
+  from nifzoo import registry
+  root = pathlib.Path(__file__).resolve().parents[1]
+  fit = json.loads((root / "bench" / "results" / "tpu_fit.json").read_text())
+  for name in configs.names():
+    if name.startswith("digits-"):
+      continue
+    path = registry.entry_path(str(root / "registry"), name)
+    entry = registry.read_entry(path)  # validates the schema
+    want = tpu.hardware_record(fit, name)
+    assert entry.data.get("hardware") == want, name
+    if want:
+      assert "v5e" in want["tpu"]
+      text = zoo.info(name, registry=str(root / "registry"))
+      assert "fits (TPU compile check" in text and "v5e:" in text
