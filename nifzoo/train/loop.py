@@ -152,10 +152,11 @@ def create_state(config, mesh):
   The model is built from the seed (identical on every process) and
   each array becomes a global array replicated over the mesh. Initialisers
   draw from an "rbg" key: on CPU, XLA compiles each threefry draw for about a
-  second. ``step.new_train_state(config, abstract=True)`` is the same state
-  without allocating (``nifzoo.tpu`` compiles for TPUs on it). Each scanned stack is initialised by one jitted program
+  second. Each scanned stack is initialised by one jitted program
   (``flows.stack``); the whole model in one jit program was tried: XLA:CPU in
   jax 0.10.2 hung executing it for the CIFAR-10 paper config.
+  ``step.new_train_state(config, abstract=True)`` is the same state without
+  allocating (``nifzoo.tpu`` compiles for TPUs on it).
   """
   graphdef, tx, state = step_lib.new_train_state(config)
   repl = mesh_lib.replicated(mesh)
