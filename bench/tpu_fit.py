@@ -156,12 +156,15 @@ def main():
         data["rows"].append(rows[name, gen])
   # The order gets the most information early (an interrupted run keeps it):
   # the first generation at the paper's batch (slice and one chip), every
-  # other generation on one chip, the first generation's largest batch, the
-  # other generations' slices, their largest batch.
+  # other generation on one chip, the first generation's largest batch
+  # (largest models first), the other generations' slices, their largest batch.
   first, others = gens[0], gens[1:]
+  # The largest batch: the largest models first (where the limit matters).
+  by_size = sorted(names, key=lambda n: -rows[n, first].get(
+      "one_chip", {}).get("hbm_bytes", 0))
   tasks = ([(n, first, w) for n in names for w in ("slice", "one_chip")]
            + [(n, g, "one_chip") for g in others for n in names]
-           + [(n, first, "max") for n in names]
+           + [(n, first, "max") for n in by_size]
            + [(n, g, "slice") for g in others for n in names]
            + [(n, g, "max") for g in others for n in names])
   for name, gen, what in tasks:
