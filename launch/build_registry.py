@@ -4,8 +4,9 @@ r"""Regenerates the packaged registry (registry/): one command.
   python launch/build_registry.py --nodigits      # paper entries and README table only
   python launch/build_registry.py --models=deepnif8,deepnif16   # only these digits models
 
-1. Writes an entry (no checkpoint) for each of the paper's 16 models, with the
-   paper's figures.
+1. Writes an entry (no checkpoint) for each of the paper's 16 models (and the
+   deep NIF), with the paper's figures and, from bench/tpu_fit.py's JSON
+   (--tpu_fit), the hardware record: which TPUs it fits, at which batch.
 2. Trains each shipped digits model with the project's own launcher (same
    Glow, same seed, same batches), exactly as
      python launch/train.py --config=configs/digits.py:<model> \
@@ -32,17 +33,26 @@ _MODELS = flags.DEFINE_list("models", ["nf", "nif4", "nif8", "nif16", "nif32",
 _RUNS = flags.DEFINE_string("runs", "runs/registry", "Workdir root of the runs.")
 _REGISTRY = flags.DEFINE_string("registry", "registry", "Registry directory to write.")
 _README = flags.DEFINE_string("readme", "README.md", "README whose table to rewrite.")
+_TPU_FIT = flags.DEFINE_string("tpu_fit", "bench/results/tpu_fit.json",
+                               "bench/tpu_fit.py's results, for the paper "
+                               "entries' hardware records ('' for none).")
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(argv):
   del argv
-  from nifzoo import configs, zoo  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  from nifzoo import configs, tpu, zoo  # pylint: disable=g-import-not-at-top
   os.chdir(_ROOT)
+  fit = None
+  if _TPU_FIT.value and os.path.exists(_TPU_FIT.value):
+    with open(_TPU_FIT.value) as f:
+      fit = json.load(f)
   for name in configs.names():
     if not name.startswith("digits-"):
-      path = zoo.write_paper_entry(name, _REGISTRY.value)
+      hardware = tpu.hardware_record(fit, name) if fit else None
+      path = zoo.write_paper_entry(name, _REGISTRY.value, hardware=hardware)
       print(f"wrote {path}")
   if _DIGITS.value:
     for model in _MODELS.value:

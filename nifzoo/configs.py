@@ -45,6 +45,7 @@ _SHORTCUTS = {
     "squeeze": ("model", "squeeze"),
     "noise": ("model", "sample_noise"),
     "unroll": ("model", "unroll"),
+    "precision": ("model", "matmul_precision"),
     "batch": (None, "batch_size"),
     "total_steps": (None, "total_steps"),
     "lr": (None, "learning_rate"),
@@ -132,6 +133,14 @@ def build_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigD
   # longer compile, a faster or slower step (bench/README.md, "Unrolled stacks").
   # A bool, so that --config.model.unroll=true parses.
   m.unroll = False
+  # Precision of the Glow's (and the deep NIF's low-dimensional flow's) matrix
+  # products: "default" is the backend's default, as in every JAX codebase
+  # (float32 on CPU and GPU without TF32, ONE bfloat16 pass on TPU); "high" or
+  # "highest" ask for 3 or 6 bfloat16 passes on TPU (float32 accuracy); the
+  # paper's numbers were float32. The NIF prior's closed form is float32 on
+  # every backend whatever this says (docs/math.md §8). Not part of
+  # the wiring: the parameters define the same function at any precision.
+  m.matmul_precision = "default"
   # Deep NIF low-dimensional flow (App. B.4) and its importance-weighted bound.
   # The paper says "4-layer, 1024-unit MLP"; the authors' code has 3 hidden
   # layers of 1024 plus the output layer: lowdim_depth counts hidden layers.

@@ -66,13 +66,20 @@ def define_distributed_flags():
   return initialize
 
 
-def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D ``data`` mesh over every device of every process (Auto axis type).
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D ``data`` mesh over ``devices`` (Auto axis type).
 
-  jax 0.10's ``make_mesh`` defaults to Explicit axes, under which Glow's
-  squeeze reshapes fail; Auto lets XLA propagate the batch sharding.
+  ``devices``: default every device of every process; or e.g. the compile-only
+  devices of a TPU topology (``nifzoo.tpu.compile_mesh``), for which programs
+  can be compiled but not run. jax 0.10's ``make_mesh`` defaults to Explicit
+  axes, under which Glow's squeeze reshapes fail; Auto lets XLA propagate the
+  batch sharding.
   """
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+  if devices is None:
+    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+                         axis_types=(jax.sharding.AxisType.Auto,))
+  devices = list(devices)
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices,
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 

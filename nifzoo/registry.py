@@ -24,6 +24,8 @@ An entry (JSON, 2-space indent, sorted keys, so diffs stay small)::
   paper           null, or the paper's figures for this model
   training        null, or {"command", "steps", "wall_time_s", "hardware", ...}
   card            {"summary", "training", "intended_use", "limitations"}
+  hardware        optional: where it fits, {"command", "how", "batch", "tpu":
+                  {generation: {...}}} (bench/tpu_fit.py, nifzoo.tpu)
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ _FIELDS = {
     "paper": ((dict, type(None)), True),
     "training": ((dict, type(None)), True),
     "card": (dict, True),
+    "hardware": ((dict, type(None)), False),
 }
 
 

@@ -89,6 +89,10 @@ def info(name: str, *, registry=None) -> str:
     rest = {k: v for k, v in d["training"].items() if k != "command"}
     if rest:
       lines.append(f"    {rest}")
+  if d.get("hardware"):
+    from nifzoo import tpu  # pylint: disable=g-import-not-at-top
+    lines.append(f"  fits (TPU compile check, {d['hardware']['command']}):")
+    lines += [f"    {x}" for x in tpu.hardware_lines(d["hardware"])]
   for field in ("training", "intended_use", "limitations"):
     lines.append(f"  {field.replace('_', ' ')}: {d['card'][field]}")
   return "\n".join(lines)
@@ -394,12 +398,18 @@ def paper_figures(name: str) -> dict | None:
                       "3-bit test images at s = 1."}
 
 
-def write_paper_entry(name: str, registry_dir: str) -> str:
-  """An entry without a checkpoint for one of the paper's models."""
+def write_paper_entry(name: str, registry_dir: str,
+                      hardware: dict | None = None) -> str:
+  """An entry without a checkpoint for one of the paper's models; ``hardware``:
+  its record from bench/tpu_fit.py (``nifzoo.tpu.hardware_record``)."""
   config = configs.get_config(name)
   card = default_card(config)
   card["training"] = ("Not trained here (paper scale, accelerators needed). The "
                       "paper's protocol: " + card["training"])
+  if hardware:
+    from nifzoo import tpu  # pylint: disable=g-import-not-at-top
+    card["training"] += (" Fits (TPU compile check, python bench/tpu_fit.py): "
+                         + tpu.hardware_summary(hardware) + ".")
   card["limitations"] = ("No weights ship: zoo.load refuses this name unless "
                          "init='random'. Train and register it with: "
                          + train_command(name))
@@ -414,6 +424,8 @@ def write_paper_entry(name: str, registry_dir: str) -> str:
       "metrics": {}, "paper": paper_figures(name), "training": None,
       "card": card,
   }
+  if hardware:
+    data["hardware"] = hardware
   return registry_lib.write_entry(registry_dir, data)
 
 

@@ -42,6 +42,9 @@ def pytest_configure(config):
   from nifzoo import runtime  # pylint: disable=g-import-not-at-top
   if "JAX_PLATFORMS" not in os.environ and runtime.tpu_without_chips():
     os.environ["JAX_PLATFORMS"] = "cpu"
+  # TPU compiles (tests/test_tpu.py): the xdist workers each load libtpu, which
+  # refuses a second process unless told (libtpu's lockfile).
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 def pytest_unconfigure(config):

@@ -16,6 +16,8 @@ log-det ``-D log L`` and the logit log-det, so ``bits_per_dim`` is the usual
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
 import warnings
@@ -39,9 +41,15 @@ PRIORS = ("normal", "nif", "deepnif")
 #   2: the authors' wiring: second half factored out, colnorm x @ Wn with
 #      1e-5, ActNorm eps 1e-5.
 WIRING_REVISION = 2
-# Config fields of `model` that only set defaults of methods or how the program is
-# laid out (`unroll`), not the function.
-_NOT_WIRING = ("num_iw_samples", "sample_noise", "unroll")
+# Config fields of `model` that only set defaults of methods, how the program is
+# laid out (`unroll`) or how precisely the backend computes its products
+# (`matmul_precision`), not the function the parameters define.
+_NOT_WIRING = ("num_iw_samples", "sample_noise", "unroll", "matmul_precision")
+# ``matmul_precision`` values: "default" leaves jax's default matmul precision
+# (the backend's, or the user's jax_default_matmul_precision) alone; the others
+# are set with ``jax.default_matmul_precision`` around the model's computations.
+MATMUL_PRECISIONS = ("default", "high", "highest", "bfloat16", "tensorfloat32",
+                     "float32")
 ENCODINGS = ("stochastic_inverse", "posterior")
 # What decode/sample return: "levels" = integer images in [0, L) (floor of the
 # flow's output), "continuous" = the flow's sigmoid output y in [0, 1] before
@@ -65,6 +73,24 @@ class DeepNIFEncoding(NamedTuple):
   """
   mu: jax.Array
   eps: jax.Array
+
+
+def _precision_context(precision: str):
+  if precision == "default":
+    return contextlib.nullcontext()
+  return jax.default_matmul_precision(precision)
+
+
+def _at_matmul_precision(method):
+  """Runs an ``ImageFlow`` method with its ``matmul_precision`` (traced products
+  without an explicit precision take it; the NIF prior's are HIGHEST anyway)."""
+
+  @functools.wraps(method)
+  def wrapped(self, *args, **kwargs):
+    with _precision_context(self.matmul_precision):
+      return method(self, *args, **kwargs)
+
+  return wrapped
 
 
 def nif_latent(code):
@@ -91,6 +117,11 @@ class ImageFlow(nnx.Module):
       compile time flat in depth; True: unrolled, a longer compile, a faster or
       slower step by config: ``bench/README.md``, "Unrolled stacks"). The same
       parameters and numbers either way.
+    matmul_precision: precision of the products that do not set their own
+      (the Glow's coupling networks and 1x1 convs, the deep NIF's low-dim
+      flow), one of :data:`MATMUL_PRECISIONS`; "default" is the backend's
+      (one bfloat16 pass on TPU). The NIF prior's products are always
+      ``HIGHEST`` (docs/math.md §8).
   """
 
   def __init__(self, image_shape, num_levels: int, *, prior: str = "nif",
@@ -101,9 +132,11 @@ class ImageFlow(nnx.Module):
                lowdim_layers: int = 10, lowdim_hidden: int = 1024,
                lowdim_depth: int = 3, num_iw_samples: int = 16,
                sample_noise: str = "learned", unroll: int | bool = 1,
-               rngs: nnx.Rngs):
+               matmul_precision: str = "default", rngs: nnx.Rngs):
     # The layers validate their own arguments (shape, levels, enums).
     self.prior = checks.check_choice(prior, "prior", PRIORS)
+    self.matmul_precision = checks.check_choice(
+        matmul_precision, "matmul_precision", MATMUL_PRECISIONS)
     self.sample_noise = nif.gaussian.check_noise_kind(sample_noise)
     self.preprocess = flows.Preprocess(num_levels, logit_lambda)
     self.glow = flows.Glow(image_shape, num_scales, steps_per_scale, width,
@@ -161,6 +194,7 @@ class ImageFlow(nnx.Module):
           "trained weights (nifzoo.zoo.load).", UserWarning, stacklevel=3)
 
   # ------------------------------------------------------------------ pieces
+  @_at_matmul_precision
   def flow_latent(self, x, key=None):
     """Integer images (B,H,W,C) -> (flow latent v (B, D), log-det (B,)).
 
@@ -171,6 +205,7 @@ class ImageFlow(nnx.Module):
     v, ld_glow = self.glow.forward(v)
     return v.reshape(v.shape[0], self.dim), ld_pre + ld_glow
 
+  @_at_matmul_precision
   def flow_inverse(self, v, output: str = "levels"):
     """Flow latent (B, D) -> images (B, H, W, C).
 
@@ -184,6 +219,7 @@ class ImageFlow(nnx.Module):
       return self.preprocess.inverse(u)
     return jnp.clip(self.preprocess.logit.inverse(u), 0.0, 1.0)
 
+  @_at_matmul_precision
   def initialize(self, batch, key=None):
     """Data-dependent init of every ActNorm from one batch of integer images.
 
@@ -202,6 +238,7 @@ class ImageFlow(nnx.Module):
         self.lowdim.forward(mean)
 
   # ------------------------------------------------------------------ densities
+  @_at_matmul_precision
   def log_prob(self, x, *, key=None, noise_scale=1.0, num_samples=None):
     """log p(x) in nats per example, (B,), of integer images x (B,H,W,C).
 
@@ -236,6 +273,7 @@ class ImageFlow(nnx.Module):
     return -self.log_prob(x, **kwargs) / (self.dim * math.log(2.0))
 
   # ------------------------------------------------------------------ latents
+  @_at_matmul_precision
   def encode(self, x, *, kind: str = "stochastic_inverse", noise_scale=1.0):
     """Integer images -> latent means, (B, k) (NF: the (B, D) flow latent).
 
@@ -270,6 +308,7 @@ class ImageFlow(nnx.Module):
       return self.nif.posterior(v, noise_scale=noise_scale)[0]
     return self.nif.stochastic_inverse(v)[0]
 
+  @_at_matmul_precision
   def decode(self, z, *, key=None, noise_scale=0.0, noise=None,
              output: str = "levels"):
     """Latents (B, k) -> images; s = 0 (or no key) lands on the manifold.
@@ -291,6 +330,7 @@ class ImageFlow(nnx.Module):
                         noise=noise or self.sample_noise)
     return self.flow_inverse(v, output)
 
+  @_at_matmul_precision
   def reconstruct(self, x, *, kind: str = "stochastic_inverse", key=None,
                   noise_scale=0.0, noise=None, output: str = "levels"):
     """decode(encode(x)): the projection of x onto the learned manifold at s = 0."""
@@ -300,6 +340,7 @@ class ImageFlow(nnx.Module):
     z = nif_latent(self._encode(x, kind, 1.0))
     return self._decode(z, key, noise_scale, noise, output)
 
+  @_at_matmul_precision
   def sample_latent(self, key, n: int, *, temperature=1.0):
     """n latents (n, k) from the prior at temperature T, what ``decode`` takes.
 
@@ -313,6 +354,7 @@ class ImageFlow(nnx.Module):
       return self.lowdim.sample(key, n, temperature=t)
     return t * jax.random.normal(key, (n, self.latent_dim))
 
+  @_at_matmul_precision
   def sample(self, key, n: int, *, temperature=1.0, noise_scale=1.0,
              noise=None, output: str = "levels"):
     """n images (n, H, W, C): z = ``sample_latent`` (z ~ N(0, T^2 I) for NIF-k;

@@ -16,6 +16,7 @@ The pure functions do not validate; the modules' public methods do.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, NamedTuple
 
@@ -33,6 +34,24 @@ LOG_2PI = math.log(2.0 * math.pi)
 NOISE_KINDS = ("learned", "isotropic")
 
 LogPrior = Callable[[jax.Array], jax.Array]
+
+# The named scope of the NIF prior's closed form: its operations, and their
+# gradients, carry it in their op_name metadata (jaxpr, HLO), so that a compiled
+# program can be checked for the precision of its products (nifzoo.tpu,
+# docs/math.md "Precision"). A user's log_prior (the deep NIF's low-dimensional
+# flow) runs outside it.
+SCOPE = "nif_prior"
+
+
+def _scoped(fn):
+  """Runs ``fn`` inside ``jax.named_scope(SCOPE)``."""
+
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with jax.named_scope(SCOPE):
+      return fn(*args, **kwargs)
+
+  return wrapped
 
 
 # ----------------------------------------------------------------------------
@@ -74,6 +93,7 @@ def _precision_stats(op, b, log_var, x):
   return r, prec, op.gram(prec), op.apply_t(r * prec)
 
 
+@_scoped
 def log_prob(op, b, log_var, x, s=1.0):
   """Closed-form marginal log N(x; b, AAᵀ + s²Σ) (§1.6 Eq. 13, §2): (B, *data) -> (B,).
 
@@ -104,6 +124,7 @@ class Projection(NamedTuple):
   log_h: jax.Array    # (B,)
 
 
+@_scoped
 def project(op, b, log_var, x, s=1.0) -> Projection:
   """μ(x) = G⁻¹AᵀΣ⁻¹(x − b) and log h_s(x) (§1, §2).
 
@@ -141,6 +162,7 @@ def stochastic_inverse(op, b, log_var, x, s=1.0):
   return p.mean, jnp.square(s) * op.cov(p.factor)
 
 
+@_scoped
 def posterior(op, b, log_var, x, s=1.0):
   """True posterior under N(0, I): N(M⁻¹u_s, M⁻¹) (§1, §2) -> (mean, cov).
 
@@ -152,6 +174,7 @@ def posterior(op, b, log_var, x, s=1.0):
   return op.solve(F, u), jnp.square(s) * op.cov(F)
 
 
+@_scoped
 def elbo(op, b, log_var, x, s=1.0):
   """ELBO with q = stochastic inverse and p(z) = N(0, I) (§1.5, Eq. 9–10): (B,).
 
@@ -164,6 +187,7 @@ def elbo(op, b, log_var, x, s=1.0):
           - 0.5 * (sq + jnp.square(s) * op.trace_inv(p.factor)))
 
 
+@_scoped
 def sample_stochastic_inverse(op, p: Projection, key, num_samples: int, s=1.0):
   """z_i ~ q(z|x) = N(μ, s²G⁻¹): (num_samples, B, *latent)."""
   eps = jax.random.normal(key, (num_samples,) + p.mean.shape, p.mean.dtype)
@@ -198,9 +222,12 @@ def manifold_log_prob(op, b, log_var, x, log_prior: LogPrior | None = None):
   if log_prior is None:
     log_prior = lambda z: standard_normal_log_prob(z, len(op.latent_shape))
   mean = project(op, b, log_var, x, 1.0).mean
-  return log_prior(mean) - 0.5 * op.logdet_ata()
+  with jax.named_scope(SCOPE):
+    logdet_ata = op.logdet_ata()
+  return log_prior(mean) - 0.5 * logdet_ata
 
 
+@_scoped
 def decode(op, b, log_var, z, s=0.0, key=None, noise: str = "learned"):
   """x = A z + b + s·Σ^{1/2} ε ("learned") or + s·ε ("isotropic", the authors') (§2).
 

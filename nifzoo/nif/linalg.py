@@ -39,11 +39,22 @@ import numpy as np
 # Below this k the three half-size GEMMs of the split Gram are no faster than one.
 _GRAM_SPLIT_MIN_K = 512
 
+# Every product of the NIF algebra is computed at full float32 precision on every
+# backend (docs/math.md §8): on TPU, JAX's default would give the D x k
+# products (Gram matrix, projections of x - b, A z) bfloat16 operands. XLA:CPU
+# computes float32 products in float32 either way.
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _mm(a, b):
+  """``a @ b`` at full float32 precision (``HIGHEST``)."""
+  return jnp.matmul(a, b, precision=HIGHEST)
+
 
 def _at_b(a, b):
   """aᵀb contracting the long axis D of a (D, m) and b (D, n) -> (m, n)."""
   return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())),
-                             precision=jax.lax.Precision.HIGHEST)
+                             precision=HIGHEST)
 
 
 def _gram_product(a):
@@ -109,10 +120,10 @@ class DenseLinear:
     return self.latent_shape[0]
 
   def apply(self, z):
-    return z @ self.A.T
+    return _mm(z, self.A.T)
 
   def apply_t(self, v):
-    return v @ self.A
+    return _mm(v, self.A)
 
   def gram(self, prec):
     if prec.ndim == 1:  # (D,) -> (k, k), formed once for the whole batch
@@ -120,7 +131,8 @@ class DenseLinear:
       # axis D of the same operand twice, no transposed copy of A (2x faster on
       # XLA:CPU than (Aᵀ·prec) @ A at D = 12288, k = 512; bench/README.md).
       return gram_matrix(self.A * jnp.sqrt(prec)[:, None])
-    return jnp.einsum("dk,bd,dl->bkl", self.A, prec, self.A)  # (B, k, k)
+    return jnp.einsum("dk,bd,dl->bkl", self.A, prec, self.A,  # (B, k, k)
+                      precision=HIGHEST)
 
   def factor(self, G, c=0.0):
     """Lower Cholesky factor L of K = G + c I."""
@@ -145,10 +157,10 @@ class DenseLinear:
   def cov(self, L):
     eye = jnp.broadcast_to(jnp.eye(self.latent_dim, dtype=L.dtype), L.shape)
     Linv = solve_triangular(L, eye, lower=True)
-    return jnp.swapaxes(Linv, -1, -2) @ Linv
+    return _mm(jnp.swapaxes(Linv, -1, -2), Linv)
 
   def logdet_ata(self):
-    return self.logdet(jnp.linalg.cholesky(self.A.T @ self.A))
+    return self.logdet(jnp.linalg.cholesky(_mm(self.A.T, self.A)))
 
 
 def check_factors(shape: Sequence[int], factors: Sequence[int]):

@@ -163,10 +163,10 @@ def create_state(config, mesh):
   second. Each scanned stack is initialised by one jitted program
   (``flows.stack``); the whole model in one jit program was tried: XLA:CPU in
   jax 0.10.2 hung executing it for the CIFAR-10 paper config.
+  ``step.new_train_state(config, abstract=True)`` is the same state without
+  allocating (``nifzoo.tpu`` compiles for TPUs on it).
   """
-  tx = step_lib.make_optimizer(config)
-  model = models.build(config, rngs=models.seeded_rngs(config.seed))
-  graphdef, state = step_lib.init_state(model, tx, config.seed)
+  graphdef, tx, state = step_lib.new_train_state(config)
   repl = mesh_lib.replicated(mesh)
   state = jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(repl, np.asarray(x)),

@@ -61,11 +61,38 @@ def split_model(model: nnx.Module):
   return nnx.split(model, nnx.Param, ...)
 
 
+def _rng_data(seed: int):
+  return jax.random.key_data(jax.random.key(seed))
+
+
 def init_state(model: nnx.Module, tx, seed: int) -> tuple[Any, TrainState]:
   graphdef, params, rest = split_model(model)
-  rng = jax.random.key_data(jax.random.key(seed))
   return graphdef, TrainState(jnp.zeros((), jnp.int32), params, rest,
-                              tx.init(params), rng)
+                              tx.init(params), _rng_data(seed))
+
+
+def new_train_state(config, *, abstract: bool = False):
+  """The fresh run of ``config``: ``(graphdef, tx, TrainState)``.
+
+  The model is built from ``config.seed`` (``models.seeded_rngs``), so every
+  process builds the same one. ``abstract=True`` allocates nothing: the same
+  tree with ``jax.ShapeDtypeStruct`` leaves (same shapes and dtypes), from
+  ``nnx.eval_shape`` and ``jax.eval_shape(tx.init, ...)``, which is what
+  compiling for devices that cannot hold arrays (``nifzoo.tpu``) or an Orbax
+  restore target needs. The training loop's ``create_state`` is the concrete
+  call.
+  """
+  from nifzoo import models  # pylint: disable=g-import-not-at-top
+  tx = make_optimizer(config)
+  build = lambda: models.build(config, rngs=models.seeded_rngs(config.seed))
+  if not abstract:
+    graphdef, state = init_state(build(), tx, config.seed)
+    return graphdef, tx, state
+  graphdef, params, rest = split_model(nnx.eval_shape(build))
+  state = TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, rest,
+                     jax.eval_shape(tx.init, params),
+                     jax.eval_shape(lambda: _rng_data(config.seed)))
+  return graphdef, tx, state
 
 
 def learning_rate(opt_state):
