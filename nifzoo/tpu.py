@@ -34,12 +34,10 @@ import os
 import re
 import tempfile
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from nifzoo import mesh as mesh_lib
 from nifzoo.train import step as step_lib
@@ -615,8 +613,6 @@ def _main(argv):
   f = flags.FLAGS
   spec = f.config
   if ".py:" in spec or spec.endswith(".py"):
-    from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-    del config_flags
     path, _, arg = spec.partition(":")
     import importlib.util  # pylint: disable=g-import-not-at-top
     mod_spec = importlib.util.spec_from_file_location("_nifzoo_cfg", path)
