@@ -103,7 +103,8 @@ class _Static:
 
 
 def _is_dynamic(value) -> bool:
-  return all(isinstance(leaf, _DYNAMIC_LEAVES) and not isinstance(leaf, bool)
+  return all(isinstance(leaf, _DYNAMIC_LEAVES)
+             and not isinstance(leaf, (bool, np.bool_))
              for leaf in jax.tree.leaves(value))
 
 
