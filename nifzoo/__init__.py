@@ -6,3 +6,7 @@ Layout (data flows one way, nothing lower imports anything higher):
 """
 
 __version__ = "0.1.0"
+
+# nifzoo.configure(compilation_cache=..., compiled_methods=...): imports no jax
+# until called (nifzoo.cache).
+from nifzoo.cache import configure  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -87,6 +87,8 @@ def _batch_sums_fn(graphdef, num_draws: int, num_samples, mesh):
   compiled program: (state, images (B, H, W, C), mask (B,), key, s) ->
   [sum bpd, sum bpd², count, non-finite count]."""
 
+  # A hand-written jit, not the model's compiled bits_per_dim: a program of its
+  # own (lax.map over draws, masked sums) with out_shardings over the mesh.
   @functools.partial(jax.jit, out_shardings=mesh_lib.replicated(mesh))
   def batch_sums(state, images, mask, key, s):
     m = nnx.merge(graphdef, state)

@@ -60,6 +60,8 @@ def make_sampler(model, mesh=None):
   graphdef, state = nnx.split(model)
   state = jax.device_put(state, mesh_lib.replicated(mesh))
 
+  # A hand-written jit, not the model's compiled sample: its samples stay
+  # sharded over the mesh's batch axis (out_shardings), for the feature network.
   @functools.partial(jax.jit, static_argnums=(2,),
                      out_shardings=mesh_lib.batch_sharded(mesh))
   def sample(state, key, n, temperature, noise_scale):

@@ -2,7 +2,7 @@
 
 Each figure is a pure function returning images (levels mapped to bin centres,
 ``(x + 1/2) / L``, by ``ImageFlow.to_float_images``) and a ``save_*`` that writes
-the PNG. Model calls are jitted (op by op, a Glow takes seconds).
+the PNG. Model calls are compiled (the methods' own programs, nifzoo.compiled).
 
 - ``temperature_grid``: samples at several temperatures T (paper Fig. 3).
 - ``noise_strip``: one latent decoded at every s, same noise draw (Fig. 6).
@@ -17,35 +17,31 @@ the PNG. Model calls are jitted (op by op, a Glow takes seconds).
 
 from __future__ import annotations
 
-import functools
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from nifzoo import images as images_lib
 from nifzoo import models
 
 
-@functools.partial(nnx.jit, static_argnames=("n", "output"))
+# The model's methods compile themselves (nifzoo.compiled: one program per
+# shape, noise scale and temperature as inputs), with their eager checks.
 def _sample(model, key, n, temperature, noise_scale, output="levels"):
   return model.sample(key, n, temperature=temperature, noise_scale=noise_scale,
                       output=output)
 
 
-@nnx.jit
 def _decode(model, z, key, noise_scale):
   return model.decode(z, key=key, noise_scale=noise_scale)
 
 
-@nnx.jit
 def _encode(model, x):
   return models.nif_latent(model.encode(x))  # Deep NIF: mu(x), what decode takes.
 
 
-@functools.partial(nnx.jit, static_argnames=("n",))
 def _sample_latent(model, key, n, temperature):
   return model.sample_latent(key, n, temperature=temperature)
 

@@ -25,6 +25,8 @@ def _encode_fn(graphdef, kind: str, mesh):
   """The jitted encoder of :func:`embeddings`, one per model structure, kind and
   mesh (the train and test splits share its program): (state, images) -> (B, k)."""
 
+  # A hand-written jit, not the model's compiled encode: the embeddings are
+  # gathered replicated over the mesh (out_shardings), for every process.
   @functools.partial(jax.jit, out_shardings=mesh_lib.replicated(mesh))
   def encode(state, images):
     return models.nif_latent(nnx.merge(graphdef, state).encode(images, kind=kind))

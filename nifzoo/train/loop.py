@@ -215,8 +215,9 @@ def init_from(state, config, mesh):
 
 
 def make_sample_fn(graphdef):
+  """(params, rest, key, n, noise_scale) -> (n, H, W, C) floats: ``sample``
+  compiles itself (``nifzoo.compiled``; one program per n, s an input)."""
 
-  @functools.partial(jax.jit, static_argnums=(3,))
   def sample_fn(params, rest, key, n, noise_scale):
     model = nnx.merge(graphdef, params, rest)
     return model.to_float_images(model.sample(key, n, noise_scale=noise_scale))

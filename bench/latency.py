@@ -1,0 +1,282 @@
+"""Interactive latency of the zoo models' public methods (issue 31).
+
+For each model (``zoo.load(name, init="random")``, ActNorms initialised on one
+random batch, batch 16) and each public method, in one process:
+
+- ``first``: the first call (trace + compile; the persistent cache is a fresh,
+  empty directory, so this is a cold compile),
+- ``warm``: the median of warm calls,
+- ``ref``: the same call under a hand-written ``nnx.jit`` (warm median), the
+  reference the compiled methods are measured against,
+- ``eager``: the method op by op (``nifzoo.configure(compiled_methods=False)``,
+  what every call cost before; digits models only, ``--eager_reps`` calls).
+
+Warm calls of the method and of the reference alternate in ``--rounds`` rounds
+of ``--reps`` calls; each keeps its fastest round's median (the machine may be
+shared). Then, each in a fresh Python process:
+
+- ``fresh``: ``import nifzoo`` + ``zoo.load("digits-nif16")`` (trained weights) +
+  the first ``sample(key, 16)``, with a cold (new, empty) and then a warm (the
+  same directory again) persistent cache, and op by op with no cache (before);
+- ``fresh_first_calls``: the first call of every method of ``celeba-nif128``
+  (``init="random"``) in a fresh process, cold and warm cache.
+
+Prints a table and writes ``bench/results/latency.json``::
+
+    python bench/latency.py [--models digits-nif16,digits-deepnif16,celeba-nif128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+if __name__ == "__main__":
+  # The benchmark's own cache directory, empty: first calls are cold compiles
+  # (and the user's cache is left alone). Set before nifzoo is imported.
+  os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+  os.environ["NIFZOO_COMPILATION_CACHE"] = tempfile.mkdtemp(
+      prefix="nifzoo-latency-cache-")
+
+import warnings  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+import nifzoo  # noqa: E402
+from nifzoo import zoo  # noqa: E402
+
+BATCH = 16
+
+
+def _methods(n):
+  """name -> f(model, inputs): every public method, as a user calls it."""
+  return {
+      "log_prob": lambda m, a: m.log_prob(a["x"], key=a["k"]),
+      "bits_per_dim": lambda m, a: m.bits_per_dim(a["x"], key=a["k"]),
+      "encode": lambda m, a: m.encode(a["x"]),
+      "decode": lambda m, a: m.decode(a["z"], key=a["k"], noise_scale=1.0),
+      "reconstruct": lambda m, a: m.reconstruct(a["x"]),
+      "sample": lambda m, a: m.sample(a["k"], n),
+      "sample_latent": lambda m, a: m.sample_latent(a["k"], n),
+      "flow_latent": lambda m, a: m.flow_latent(a["x"], key=a["k"]),
+      "flow_inverse": lambda m, a: m.flow_inverse(a["v"]),
+  }
+
+
+def _time(fn) -> float:
+  t = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - t
+
+
+def _median(fn, reps) -> float:
+  return statistics.median(_time(fn) for _ in range(reps))
+
+
+def inputs(model, key):
+  """Images, latents and flow latents, made without calling the model (so
+  that no method is compiled before its first call is timed)."""
+  kx, kz, kv, k = jax.random.split(key, 4)
+  return {"x": jax.random.randint(kx, (BATCH, *model.image_shape), 0,
+                                  model.num_levels),
+          "z": jax.random.normal(kz, (BATCH, model.latent_dim)),
+          "v": jax.random.normal(kv, (BATCH, model.dim)), "k": k}
+
+
+def bench_model(name, *, reps, rounds, eager_reps):
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)  # ActNorms not initialised yet.
+    t = time.perf_counter()
+    model = zoo.load(name, init="random")
+    load_s = time.perf_counter() - t
+    args = inputs(model, jax.random.key(0))
+    init_s = _time(lambda: model.initialize(args["x"], key=jax.random.key(1)))
+  rows = {"initialize": {"first_ms": 1e3 * init_s}}
+  for method, fn in _methods(BATCH).items():
+    first = _time(lambda: fn(model, args))
+    ref = nnx.jit(fn)
+    ref_first = _time(lambda: ref(model, args))
+    warm, warm_ref = [], []
+    for _ in range(rounds):
+      warm.append(_median(lambda: fn(model, args), reps))
+      warm_ref.append(_median(lambda: ref(model, args), reps))
+    row = {"first_ms": 1e3 * first, "warm_ms": 1e3 * min(warm),
+           "ref_ms": 1e3 * min(warm_ref), "ref_first_ms": 1e3 * ref_first}
+    row["warm_over_ref"] = row["warm_ms"] / row["ref_ms"]
+    if eager_reps:
+      nifzoo.configure(compiled_methods=False)
+      try:
+        _time(lambda: fn(model, args))  # Compiles its ops: not counted.
+        row["eager_ms"] = 1e3 * _median(lambda: fn(model, args), eager_reps)
+      finally:
+        nifzoo.configure(compiled_methods=True)
+    rows[method] = row
+    print(f"  {name} {method}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()),
+          flush=True)
+  params = sum(int(np.size(p)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  return {"params": params, "load_ms": 1e3 * load_s, "methods": rows}
+
+
+# ---- fresh processes ----------------------------------------------------------
+
+_FRESH = r"""
+import json, os, sys, time, warnings
+t0 = time.perf_counter()
+import jax
+import nifzoo
+from nifzoo import zoo
+t1 = time.perf_counter()
+if os.environ.get("BENCH_EAGER") == "1":
+  nifzoo.configure(compiled_methods=False)
+name, which = sys.argv[1], sys.argv[2]
+out = {"cache": nifzoo.cache.status()["dir"]}
+warnings.simplefilter("ignore", UserWarning)
+model = zoo.load(name, **({"init": "random"} if which == "all" else {}))
+t2 = time.perf_counter()
+key = jax.random.key(0)
+if which == "sample":
+  jax.block_until_ready(model.sample(key, 16))
+  t3 = time.perf_counter()
+  out.update(import_s=t1 - t0, load_s=t2 - t1, first_sample_s=t3 - t2, total_s=t3 - t0)
+else:
+  sys.path.insert(0, os.path.join(os.environ["BENCH_ROOT"], "bench"))
+  import latency
+  args = latency.inputs(model, key)
+  first = {"initialize": latency._time(lambda: model.initialize(args["x"], key=key))}
+  for m, fn in latency._methods(16).items():
+    first[m] = latency._time(lambda: fn(model, args))
+  out.update(import_s=t1 - t0, load_s=t2 - t1, first_s=first,
+             total_s=time.perf_counter() - t0)
+print("RESULT " + json.dumps(out))
+"""
+
+
+def _fresh(name, which, cache, eager=False):
+  env = dict(os.environ, BENCH_ROOT=str(ROOT),
+             PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  env["NIFZOO_COMPILATION_CACHE"] = cache if cache else "0"
+  if eager:
+    env["BENCH_EAGER"] = "1"
+  out = subprocess.run([sys.executable, "-c", _FRESH, name, which],
+                       capture_output=True, text=True, env=env, timeout=3600)
+  if out.returncode:
+    raise RuntimeError(out.stderr[-3000:])
+  line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")][-1]
+  return json.loads(line[len("RESULT "):])
+
+
+def fresh_processes(models_all_methods):
+  result = {}
+  cache = tempfile.mkdtemp(prefix="nifzoo-latency-fresh-")
+  result["digits-nif16_sample"] = {
+      "before_eager_no_cache": _fresh("digits-nif16", "sample", None, eager=True),
+      "cold": _fresh("digits-nif16", "sample", cache),
+      "warm": _fresh("digits-nif16", "sample", cache),
+  }
+  r = result["digits-nif16_sample"]
+  r["warm_over_cold"] = r["warm"]["total_s"] / r["cold"]["total_s"]
+  print("  fresh digits-nif16:", json.dumps(r), flush=True)
+  for name in models_all_methods:
+    cache = tempfile.mkdtemp(prefix="nifzoo-latency-fresh-")
+    cold = _fresh(name, "all", cache)
+    warm = _fresh(name, "all", cache)
+    result[f"{name}_first_calls"] = {
+        "cold": cold, "warm": warm,
+        "warm_over_cold": {m: warm["first_s"][m] / cold["first_s"][m]
+                           for m in cold["first_s"]},
+        "total_warm_over_cold": warm["total_s"] / cold["total_s"]}
+    print(f"  fresh {name}:", json.dumps(result[f"{name}_first_calls"]), flush=True)
+  return result
+
+
+def _table(results) -> str:
+  lines = ["| model | method | first call (s) | warm (ms) | nnx.jit ref (ms) | warm / ref | op by op, before (ms) |",
+           "|---|---|---|---|---|---|---|"]
+  for name, r in results["models"].items():
+    for method, row in r["methods"].items():
+      if "warm_ms" not in row:
+        lines.append(f"| {name} | {method} | {row['first_ms'] / 1e3:.2f} | | | | |")
+        continue
+      eager = f"{row['eager_ms']:.0f}" if "eager_ms" in row else "—"
+      lines.append(f"| {name} | {method} | {row['first_ms'] / 1e3:.2f} | "
+                   f"{row['warm_ms']:.2f} | {row['ref_ms']:.2f} | "
+                   f"{row['warm_over_ref']:.2f} | {eager} |")
+  fresh = results.get("fresh", {})
+  if "digits-nif16_sample" in fresh:
+    f = fresh["digits-nif16_sample"]
+    lines += ["", "| fresh process: import + zoo.load(\"digits-nif16\") + first sample | import (s) | load (s) | first sample (s) | total (s) |",
+              "|---|---|---|---|---|"]
+    for k in ("before_eager_no_cache", "cold", "warm"):
+      g = f[k]
+      lines.append(f"| {k} | {g['import_s']:.2f} | {g['load_s']:.2f} | "
+                   f"{g['first_sample_s']:.2f} | {g['total_s']:.2f} |")
+    lines.append(f"| warm / cold | | | | {f['warm_over_cold']:.2f} |")
+  for key, f in fresh.items():
+    if not key.endswith("_first_calls"):
+      continue
+    lines += ["", f"| fresh process, {key[:-len('_first_calls')]}: first call (s) | cold cache | warm cache | warm / cold |",
+              "|---|---|---|---|"]
+    for m in f["cold"]["first_s"]:
+      lines.append(f"| {m} | {f['cold']['first_s'][m]:.2f} | "
+                   f"{f['warm']['first_s'][m]:.2f} | {f['warm_over_cold'][m]:.2f} |")
+    lines.append(f"| whole process (import, load, every call) | {f['cold']['total_s']:.1f} | "
+                 f"{f['warm']['total_s']:.1f} | {f['total_warm_over_cold']:.2f} |")
+  return "\n".join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--models", default="digits-nif16,digits-deepnif16,celeba-nif128")
+  parser.add_argument("--fresh_all_methods", default="celeba-nif128",
+                      help="models whose every first call is timed in fresh processes")
+  parser.add_argument("--reps", type=int, default=20)
+  parser.add_argument("--big_reps", type=int, default=3,
+                      help="reps for models whose image has over 1,000 values")
+  parser.add_argument("--rounds", type=int, default=2)
+  parser.add_argument("--eager_reps", type=int, default=3,
+                      help="op-by-op calls per method (digits models only; 0: none)")
+  parser.add_argument("--no_fresh", action="store_true")
+  parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latency.json"))
+  args = parser.parse_args()
+  results = {
+      "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "machine": f"{platform.node()} {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), shared with other jobs",
+      "load_average_start": os.getloadavg(),
+      "jax": jax.__version__, "backend": jax.default_backend(), "batch": BATCH,
+      "models": {}}
+  for name in [m for m in args.models.split(",") if m]:
+    big = name.startswith(("celeba", "cifar", "fmnist"))
+    print(f"{name}:", flush=True)
+    results["models"][name] = bench_model(
+        name, reps=args.big_reps if big else args.reps, rounds=args.rounds,
+        eager_reps=0 if big else args.eager_reps)
+  if not args.no_fresh:
+    print("fresh processes:", flush=True)
+    results["fresh"] = fresh_processes(
+        [m for m in args.fresh_all_methods.split(",") if m])
+  results["load_average_end"] = os.getloadavg()
+  table = _table(results)
+  results["table"] = table
+  print(table)
+  pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+  pathlib.Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+  pathlib.Path(args.out).with_suffix(".md").write_text(table + "\n")
+  print("wrote", args.out)
+
+
+if __name__ == "__main__":
+  main()
