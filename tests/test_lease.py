@@ -22,23 +22,13 @@ import numpy as np
 import pytest
 from etils import epath
 
-from nifzoo import configs
 from nifzoo.train import checkpoint as ckpt_lib
 from nifzoo.train import lease as lease_lib
 from nifzoo.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "launch", "train.py")
-# The gs:// tests need the emulator fixture (gcs_path) of tests/conftest.py.
-HAS_GCS_FIXTURE = os.path.exists(os.path.join(ROOT, "tests", "gcs_emulator.py"))
-
-
-def tiny_config(**overrides):
-  c = configs.get_config("digits-nif8,tiny")
-  c.checkpoint_every, c.eval_batches, c.sample_every, c.log_every = 3, 1, 100000, 3
-  for k, v in overrides.items():
-    c[k] = v
-  return c
+from test_reliability import tiny_config  # pylint: disable=g-bad-import-order
 
 
 def _ago(secs):
@@ -311,11 +301,6 @@ def test_lost_lease_stops_the_run_before_its_next_save(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ gs://
 
-gcs = pytest.mark.skipif(not HAS_GCS_FIXTURE,
-                         reason="needs tests/gcs_emulator.py (branch gcsfix)")
-
-
-@gcs
 def test_gcs_acquire_refuse_release(gcs_path):
   with lease_lib.hold(gcs_path, stale_secs=60, settle_secs=0.2) as lease:
     assert token(gcs_path) == lease.token
@@ -326,7 +311,6 @@ def test_gcs_acquire_refuse_release(gcs_path):
   assert lease_lib.read(gcs_path) is None
 
 
-@gcs
 def test_gcs_stale_takeover_and_lost_lease(gcs_path, warnings_log):
   fake_lease(gcs_path, silent=30, stale_secs=5.0)
   lease = lease_lib.Lease(gcs_path, stale_secs=5, settle_secs=0.2)
@@ -340,14 +324,12 @@ def test_gcs_stale_takeover_and_lost_lease(gcs_path, warnings_log):
   assert token(gcs_path) == theirs["token"]  # Not ours: left in place.
 
 
-@gcs
 @pytest.mark.parametrize("existing", [None, "stale"])
 def test_gcs_racing_leases_have_exactly_one_winner(existing, gcs_path):
   """Write, settle, confirm: the last writer wins, the others refuse."""
   _race(gcs_path, existing, 4)
 
 
-@gcs
 def test_gcs_training_refuses_a_live_holder(gcs_path):
   fake_lease(gcs_path)
   with pytest.raises(lease_lib.LeaseHeldError, match="'other-host', pid 4242"):
@@ -377,7 +359,6 @@ print("OK", type(epath.Path(p)._backend).__name__)
 """
 
 
-@gcs
 @pytest.mark.slow
 def test_gcs_lease_through_tf_gfile(gcs, gcs_path):
   """The same through etils' tf.io.gfile backend (TF installed, EPATH_USE_TF)."""
