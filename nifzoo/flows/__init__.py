@@ -18,6 +18,7 @@ from nifzoo.flows.actnorm import ActNorm
 from nifzoo.flows.actnorm import ActNormInitialized
 from nifzoo.flows.actnorm import data_init
 from nifzoo.flows.actnorm import actnorm_layers
+from nifzoo.flows.actnorm import initialized_flags
 from nifzoo.flows.actnorm import is_initialized
 from nifzoo.flows.conv1x1 import InvConv1x1
 from nifzoo.flows.coupling import AdditiveCoupling
@@ -50,6 +51,6 @@ __all__ = [
     "InvConv1x1", "Logit", "LowDimFlow", "LowDimStep", "MLPConditioner",
     "Permute", "Preprocess", "Reverse", "ScannedStack", "Squeeze",
     "VectorAffineCoupling", "actnorm_layers", "conv3x3", "data_init", "dense",
-    "glow_num_params", "is_initialized",
+    "glow_num_params", "initialized_flags", "is_initialized",
     "squeeze", "standard_normal_log_prob", "unsqueeze",
 ]
