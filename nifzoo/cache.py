@@ -70,9 +70,8 @@ def _user_configured(jax) -> bool:
           or not jax.config.jax_enable_compilation_cache)
 
 
-def _reset(jax) -> None:
+def _reset() -> None:
   """Makes JAX re-read the cache settings (it reads them at the first compile)."""
-  del jax
   from jax._src import compilation_cache  # pylint: disable=g-import-not-at-top
   compilation_cache.reset_cache()
 
@@ -90,7 +89,7 @@ def _enable(jax, path: str) -> bool:
       and jax.config.jax_persistent_cache_min_compile_time_secs == 1.0):
     jax.config.update("jax_persistent_cache_min_compile_time_secs",
                       MIN_COMPILE_SECS)
-  _reset(jax)
+  _reset()
   _STATE.update(source="nifzoo", dir=path)
   return True
 
@@ -128,7 +127,7 @@ def configure(*, compilation_cache=None, compiled_methods=None) -> dict:
     import jax  # pylint: disable=g-import-not-at-top
     if compilation_cache is False:
       jax.config.update("jax_enable_compilation_cache", False)
-      _reset(jax)
+      _reset()
       _STATE.update(source="off", dir=None)
     else:
       path = default_dir() if compilation_cache is True else os.path.expanduser(

@@ -354,4 +354,4 @@ def test_configure_moves_and_turns_off_the_cache(tmp_path):
     jax.config.update("jax_compilation_cache_dir", os.environ.get(
         "JAX_COMPILATION_CACHE_DIR"))
     cache._STATE.update(source=before["source"], dir=before["dir"])  # pylint: disable=protected-access
-    cache._reset(jax)  # pylint: disable=protected-access
+    cache._reset()  # pylint: disable=protected-access
