@@ -43,7 +43,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def main(argv):
   del argv
   import json  # pylint: disable=g-import-not-at-top
-  from nifzoo import configs, tpu, zoo  # pylint: disable=g-import-not-at-top
+  from nifzoo import cards, configs, registry, tpu  # pylint: disable=g-import-not-at-top
   os.chdir(_ROOT)
   fit = None
   if _TPU_FIT.value and os.path.exists(_TPU_FIT.value):
@@ -52,7 +52,7 @@ def main(argv):
   for name in configs.names():
     if not name.startswith("digits-"):
       hardware = tpu.hardware_record(fit, name) if fit else None
-      path = zoo.write_paper_entry(name, _REGISTRY.value, hardware=hardware)
+      path = registry.write_paper_entry(name, _REGISTRY.value, hardware=hardware)
       print(f"wrote {path}")
   if _DIGITS.value:
     for model in _MODELS.value:
@@ -72,7 +72,8 @@ def main(argv):
                f"--write_metrics={_REGISTRY.value}"]
         print(" ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, check=True)
-  zoo.update_readme_table(_README.value, registry=_REGISTRY.value)
+  cards.update_readme_table(_README.value,
+                            registry.all_entries(registry=_REGISTRY.value))
   print(f"updated the shipped-models table in {_README.value}")
 
 

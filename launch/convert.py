@@ -34,7 +34,7 @@ flags.mark_flags_as_required(["from", "k", "out"])
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
-  from nifzoo import convert, evaluate, zoo  # pylint: disable=g-import-not-at-top
+  from nifzoo import cards, convert, evaluate, registry, zoo  # pylint: disable=g-import-not-at-top
 
   nf = zoo.load(_FROM.value, registry=_REGISTRY.value)
   model, report = convert.nf_to_nif(nf, _K.value, noise=_NOISE.value,
@@ -49,13 +49,13 @@ def main(argv):
     result = evaluate.bits_per_dim(model, config.data, "test",
                                    num_draws=config.eval_num_draws,
                                    key=jax.random.key(config.seed + 3))
-    path = zoo.register(
+    path = registry.register(
         _OUT.value, _REGISTER.value, name=_NAME.value or config.name,
         metrics=zoo.eval_metrics(result, command),
         card=converted_card(config, report),
         training={"command": command, "steps": 0,
                   "wall_time_s": report["seconds"],
-                  "hardware": zoo.hardware_string(),
+                  "hardware": cards.hardware_string(),
                   "converted_from": _FROM.value, "fit": report["method"],
                   "noise": report["noise"]})
     print(f"registered {path}")
@@ -63,8 +63,8 @@ def main(argv):
 
 def converted_card(config, report: dict) -> dict:
   """The registry card of a converted model: what it was converted from, and how."""
-  from nifzoo import zoo  # pylint: disable=g-import-not-at-top
-  card = zoo.default_card(config)
+  from nifzoo import cards  # pylint: disable=g-import-not-at-top
+  card = cards.default_card(config)
   fit = {"isotropic": "probabilistic PCA", "diagonal": "factor analysis (EM)"}
   m = config.model
   card["training"] = (

@@ -67,14 +67,14 @@ def main(argv):
   wall = time.time() - t0
   logging.info("Done in %.0f s: %s", wall, result)
   if _REGISTER.value:  # On every process: the export is a collective save.
-    from nifzoo import zoo  # pylint: disable=g-import-not-at-top
+    from nifzoo import cards, registry, zoo  # pylint: disable=g-import-not-at-top
     command = " ".join(["python"] + sys.argv)
-    path = zoo.register(
+    path = registry.register(
         _WORKDIR.value, _REGISTER.value, name=_NAME.value,
         metrics=zoo.eval_metrics(result.get("test_eval"), command),
         training={"command": command, "steps": int(_CONFIG.value.total_steps),
                   "wall_time_s": round(wall, 1),
-                  "hardware": zoo.hardware_string(),
+                  "hardware": cards.hardware_string(),
                   # Other work on the machine slows the run: say how busy it was.
                   "load_average_1min": round(os.getloadavg()[0], 1)})
     logging.info("Registered %s", path)

@@ -27,18 +27,18 @@ _REGISTRY = flags.DEFINE_string("registry", None, "User registry directory.")
 
 def main(argv):
   del argv
-  from nifzoo import registry, zoo  # pylint: disable=g-import-not-at-top
+  from nifzoo import registry, variables, zoo  # pylint: disable=g-import-not-at-top
   reg = os.path.expanduser(_REGISTRY.value) if _REGISTRY.value else None
   if _INFO.value:
     print(zoo.info(_INFO.value, registry=reg))
   elif _REGISTER.value:
     if not reg:
       raise app.UsageError("--register needs --registry=<directory>.")
-    print(zoo.register(_REGISTER.value, reg, name=_NAME.value, step=_STEP.value))
+    print(registry.register(_REGISTER.value, reg, name=_NAME.value, step=_STEP.value))
   elif _EXPORT.value:
     if not _OUT.value:
       raise app.UsageError("--export needs --out=<directory>.")
-    print(zoo.export(_EXPORT.value, _OUT.value, step=_STEP.value))
+    print(variables.export(_EXPORT.value, _OUT.value, step=_STEP.value))
   else:
     for e in registry.all_entries(_LIST.value, reg):
       ck = "weights" if e.checkpoint else "no weights"

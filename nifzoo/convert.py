@@ -32,8 +32,10 @@ from flax import nnx
 
 from nifzoo import checks
 from nifzoo import evaluate as evaluate_lib
+from nifzoo import fileio
 from nifzoo import mesh as mesh_lib
 from nifzoo import models
+from nifzoo import variables as variables_lib
 
 EIGH_MAX_DIM = 4096
 NOISE_MODELS = ("isotropic", "diagonal")
@@ -276,15 +278,13 @@ def nf_to_nif(model, latent_dim: int, *, data_config=None, split: str = "train",
 
 
 def save_workdir(model, report: dict, out: str) -> str:
-  """Writes a converted ``model`` as a workdir that ``zoo.load``, ``zoo.register``
-  and ``config.init_from`` read (local or ``gs://``): ``config.json``, the
-  variables-only checkpoint ``variables/`` and ``report`` as ``convert.json``.
-  Returns the workdir."""
-  from nifzoo import fileio  # pylint: disable=g-import-not-at-top
-  from nifzoo.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  """Writes a converted ``model`` as a workdir that ``zoo.load``,
+  ``registry.register`` and ``config.init_from`` read (local or ``gs://``):
+  ``config.json``, the variables-only checkpoint ``variables/`` and ``report``
+  as ``convert.json``. Returns the workdir."""
   out = str(fileio.as_path(out))
-  fileio.write_text(fileio.join(out, ckpt_lib.CONFIG_FILE),
+  fileio.write_text(fileio.join(out, variables_lib.CONFIG_FILE),
                     model.config.as_configdict().to_json_best_effort(indent=2))
-  ckpt_lib.save_variables(model, fileio.join(out, ckpt_lib.VARIABLES_DIR))
+  variables_lib.save(model, fileio.join(out, variables_lib.VARIABLES_DIR))
   fileio.write_json(fileio.join(out, "convert.json"), report)
   return out

@@ -1,8 +1,8 @@
 """The model registry: one JSON entry per zoo name, in one or more directories.
 
 A registry directory holds ``entries/<name>.json`` and, for entries that ship
-weights, ``checkpoints/<name>/`` (an Orbax checkpoint of the model's
-variables, see :mod:`nifzoo.zoo`). The package ships one (``registry/`` in the
+weights, ``checkpoints/<name>/`` (a variables-only checkpoint,
+:mod:`nifzoo.variables`). The package ships one (``registry/`` in the
 source tree, installed as ``nifzoo._registry``); user directories given as an
 argument or in ``$NIFZOO_REGISTRY`` (``os.pathsep``-separated; ``gs://``
 directories too) overlay it: the first directory that has an entry for a name
@@ -26,6 +26,12 @@ An entry (JSON, 2-space indent, sorted keys, so diffs stay small)::
   card            {"summary", "training", "intended_use", "limitations"}
   hardware        optional: where it fits, {"command", "how", "batch", "tpu":
                   {generation: {...}}} (bench/tpu_fit.py, nifzoo.tpu)
+
+Entries are written here: :func:`register` (a finished run: its variables
+exported into ``checkpoints/<name>/`` and its entry), :func:`write_paper_entry`
+(one of the paper's models, without weights), :func:`update_metrics` (metrics
+merged into an entry); what they say about the model comes from
+:mod:`nifzoo.cards`.
 """
 
 from __future__ import annotations
@@ -33,14 +39,22 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
-import hashlib
 import json
 import os
 import posixpath
 import re
 from typing import Any, Sequence
 
+import jax
+
+import nifzoo
+from nifzoo import cards
+from nifzoo import configs
 from nifzoo import fileio
+from nifzoo import models
+from nifzoo import variables as variables_lib
+# The hash an entry records for its checkpoint (also the classifier's).
+from nifzoo.variables import hash_directory  # noqa: F401
 
 SCHEMA_VERSION = 1
 ENV_VAR = "NIFZOO_REGISTRY"
@@ -254,6 +268,58 @@ def all_entries(pattern: str = "*", registry=None) -> list[Entry]:
 # ------------------------------------------------------------------ writing
 
 
+def register(workdir: str, registry_dir: str, *, name: str | None = None,
+             step: int | None = None, metrics: dict | None = None,
+             command: str | None = None, training: dict | None = None,
+             card: dict | None = None) -> str:
+  """Writes an entry (and a variables-only checkpoint) for a finished run.
+
+  The checkpoint goes to ``<registry_dir>/checkpoints/<name>/``
+  (:func:`nifzoo.variables.export` of the workdir's newest step, or ``step``)
+  and the entry to ``<registry_dir>/entries/<name>.json``; ``name`` defaults
+  to the run's ``config.name``. Returns the entry's path. With several
+  processes, every process calls it (the export is an Orbax save, which is
+  collective); process 0 writes the entry.
+  """
+  registry_dir = str(fileio.as_path(registry_dir))
+  config = variables_lib.workdir_config(workdir)
+  name = name or config.name
+  exported = variables_lib.export(
+      workdir, fileio.join(registry_dir, CHECKPOINTS, name), step=step)
+  data = _new_entry(
+      name, config, cards.base_name(config),
+      checkpoint={"uri": f"{CHECKPOINTS}/{name}", **exported},
+      metrics=metrics or {},
+      training=training or ({"command": command} if command else None),
+      card=card or cards.default_card(config, exported["step"]))
+  if jax.process_index() == 0:
+    return write_entry(registry_dir, data)
+  return entry_path(registry_dir, name)
+
+
+def write_paper_entry(name: str, registry_dir: str,
+                      hardware: dict | None = None) -> str:
+  """An entry without a checkpoint for one of the paper's models; ``hardware``:
+  its record from bench/tpu_fit.py (``nifzoo.tpu.hardware_record``)."""
+  config = configs.get_config(name)
+  data = _new_entry(name, config, name, checkpoint=None, metrics={},
+                    training=None, card=cards.paper_card(name, config, hardware))
+  if hardware:
+    data["hardware"] = hardware
+  return write_entry(registry_dir, data)
+
+
+def _new_entry(name: str, config, base: str, **fields) -> dict:
+  """An entry for ``config``'s model, named ``name``, rebuilt from the
+  registry config ``base`` and the overrides; ``fields``: the rest."""
+  return {"schema": SCHEMA_VERSION, "name": name, "config": base,
+          "overrides": cards.config_overrides(config, base),
+          "nifzoo_version": nifzoo.__version__,
+          "wiring": cards.jsonable(models.wiring(config)),
+          "dataset": cards.dataset(config), "paper": cards.paper_figures(base),
+          **fields}
+
+
 def write_entry(directory: str, data: dict) -> str:
   """Validates and writes ``data`` as ``<directory>/entries/<name>.json``
   (atomically: a reader sees the old entry or the new one)."""
@@ -281,24 +347,3 @@ def update_metrics(name: str, metrics: dict, directory: str, *,
           "file://" + where if fileio.is_local(where) else where))
   data["metrics"] = {**data["metrics"], **metrics}
   return write_entry(directory, data)
-
-
-# ------------------------------------------------------------------ hashing
-
-
-def hash_directory(path: str) -> str:
-  """sha256 over every file under ``path`` (relative names and contents,
-  sorted; directory placeholder objects are not files: :func:`fileio.list_files`)."""
-  try:
-    files = fileio.list_files(path)
-  except FileNotFoundError:
-    raise FileNotFoundError(f"No checkpoint at {path}.") from None
-  if not files:
-    raise FileNotFoundError(f"The checkpoint directory {path} holds no files.")
-  h = hashlib.sha256()
-  for rel, p in files.items():
-    rel = rel.encode()
-    data = p.read_bytes()
-    h.update(len(rel).to_bytes(8, "little") + rel)
-    h.update(len(data).to_bytes(8, "little") + data)
-  return "sha256:" + h.hexdigest()

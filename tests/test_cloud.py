@@ -23,6 +23,7 @@ from nifzoo import convert
 from nifzoo import data
 from nifzoo import fileio
 from nifzoo import registry
+from nifzoo import variables
 from nifzoo import zoo
 from nifzoo.train import checkpoint as ckpt_lib
 from nifzoo.train import loop
@@ -58,8 +59,8 @@ def gs_run(gcs, tmp_path_factory):
   try:
     workdir, reg = gcs.prefix("run"), gcs.prefix("reg")
     result = loop.train_and_evaluate(_tiny(4), workdir)
-    zoo.register(workdir, reg, name=NAME, command="pytest",
-                 metrics=zoo.eval_metrics(result["test_eval"], "pytest"))
+    registry.register(workdir, reg, name=NAME, command="pytest",
+                      metrics=zoo.eval_metrics(result["test_eval"], "pytest"))
     assert not os.listdir("."), os.listdir(".")  # Nothing went to the local disk.
   finally:
     os.chdir(cwd)
@@ -104,15 +105,15 @@ def test_files_hash_alike_with_and_without_directory_placeholders(gcs_path):
   import fsspec  # pylint: disable=g-import-not-at-top
   for rel, text in (("a.txt", "1"), ("d/b.txt", "22"), ("d/e/c.txt", "333")):
     fileio.write_text(f"{gcs_path}/{rel}", text)
-  before = registry.hash_directory(gcs_path)
+  before = variables.hash_directory(gcs_path)
   fs = fsspec.filesystem("gcs")
   for d in ("", "d/", "d/e/"):
     fs.pipe(f"{gcs_path[len('gs://'):]}/{d}", b"")
   fs.invalidate_cache()
   assert list(fileio.list_files(gcs_path)) == ["a.txt", "d/b.txt", "d/e/c.txt"]
-  assert registry.hash_directory(gcs_path) == before
+  assert variables.hash_directory(gcs_path) == before
   with pytest.raises(FileNotFoundError):
-    registry.hash_directory(gcs_path + "-missing")
+    variables.hash_directory(gcs_path + "-missing")
 
 
 def test_listings_see_writes_by_other_clients(gcs_path):
@@ -189,7 +190,7 @@ def test_registry_on_gs_registers_lists_and_loads(gs_run, images, monkeypatch):
 def test_reregistering_and_updating_metrics_on_gs(gs_run, gcs_path, images):
   workdir, _, _ = gs_run
   for _ in range(2):  # The second replaces the first: no "already exists".
-    zoo.register(workdir, gcs_path, name=NAME, command="pytest")
+    registry.register(workdir, gcs_path, name=NAME, command="pytest")
   registry.update_metrics(NAME, {"x": {"value": 1.0, "command": "pytest"}}, gcs_path)
   registry.update_metrics(NAME, {"y": {"value": 2.0, "command": "pytest"}}, gcs_path)
   entry = registry.find(NAME, gcs_path)
@@ -221,7 +222,7 @@ def test_a_checkpoint_with_directory_placeholders_loads(gs_run, gcs_path, images
       _log_prob(zoo.load(NAME, registry=f"{gcs_path}/reg"), images), want)
   np.testing.assert_array_equal(_log_prob(zoo.load(f"{gcs_path}/run"), images), want)
   assert ckpt_lib.verify_checksums(f"{gcs_path}/run/checkpoints/4")
-  zoo.register(f"{gcs_path}/run", f"{gcs_path}/reg2", name=NAME, command="t")
+  registry.register(f"{gcs_path}/run", f"{gcs_path}/reg2", name=NAME, command="t")
 
 
 def test_damaged_newest_checkpoint_on_gs_is_moved_aside_and_skipped(

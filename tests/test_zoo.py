@@ -11,10 +11,12 @@ import jax
 import numpy as np
 import pytest
 
+from nifzoo import cards
 from nifzoo import configs
 from nifzoo import data
 from nifzoo import models
 from nifzoo import registry
+from nifzoo import variables
 from nifzoo import zoo
 from nifzoo.train import loop
 
@@ -33,9 +35,9 @@ def trained(tmp_path_factory):
   c = configs.get_config("digits-nif4,tiny")
   c.total_steps, c.checkpoint_every, c.sample_every, c.log_every = 4, 4, 100, 4
   result = loop.train_and_evaluate(c, workdir)
-  zoo.register(workdir, reg, name="digits-nif4-mine",
-               metrics=zoo.eval_metrics(result["test_eval"], "pytest"),
-               command="pytest")
+  registry.register(workdir, reg, name="digits-nif4-mine",
+                    metrics=zoo.eval_metrics(result["test_eval"], "pytest"),
+                    command="pytest")
   return workdir, reg, result
 
 
@@ -209,7 +211,7 @@ def test_an_unreadable_checkpoint_with_a_matching_hash_is_refused(trained, tmp_p
   e = registry.find("digits-nif4-mine", registry=reg)
   meta = os.path.join(e.checkpoint_path(), "_METADATA")
   open(meta, "w").write("garbage")
-  d = dict(e.data, checkpoint=dict(e.checkpoint, sha256=registry.hash_directory(
+  d = dict(e.data, checkpoint=dict(e.checkpoint, sha256=variables.hash_directory(
       e.checkpoint_path())))
   registry.write_entry(reg, d)
   with pytest.raises(zoo.CheckpointError, match="checkpoint at"):
@@ -251,6 +253,42 @@ def test_random_init_of_an_entry_without_checkpoint_is_usable(tmp_path, images):
   assert np.all(np.isfinite(np.asarray(lp)))
 
 
+def test_paper_entries_are_what_write_paper_entry_writes(tmp_path):
+  """launch/build_registry.py's paper entries, rewritten from the configs, the
+  paper's tables and bench/results/tpu_fit.json, equal the packaged files
+  byte for byte."""
+  from nifzoo import tpu
+  fit = json.load(open(os.path.join(ROOT, "bench", "results", "tpu_fit.json")))
+  paper = [n for n in configs.names() if not n.startswith("digits-")]
+  for name in paper:
+    written = registry.write_paper_entry(name, str(tmp_path),
+                                         hardware=tpu.hardware_record(fit, name))
+    packaged = registry.entry_path(registry.packaged_dir(), name)
+    assert open(written).read() == open(packaged).read(), name
+
+
+def test_registered_entry_records_the_run(trained):
+  """register's entry: the tiny overrides on the base config, the run's
+  wiring and step, and a hash of exactly the exported files."""
+  workdir, reg, _ = trained
+  e = registry.find("digits-nif4-mine", registry=reg)
+  assert e.data["config"] == "digits-nif4" and e.data["training"] == {"command": "pytest"}
+  assert e.data["overrides"]["model.width"] == 8
+  assert e.data["wiring"] == json.load(open(os.path.join(workdir, variables.WIRING_FILE)))
+  assert e.checkpoint["step"] == 4 and e.checkpoint["uri"] == "checkpoints/digits-nif4-mine"
+  assert e.checkpoint["sha256"] == variables.hash_directory(e.checkpoint_path())
+  assert e.data["card"] == cards.default_card(variables.workdir_config(workdir), 4)
+
+
+def test_zoo_imports_no_training_code():
+  code = ("import sys\nfrom nifzoo import zoo\n"
+          "print(sorted(m for m in sys.modules if m.startswith('nifzoo.train')))\n")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.strip() == "[]"
+
+
 def test_paper_entries_match_their_configs_wiring():
   for name in zoo.list("*"):
     e = registry.find(name)
@@ -265,7 +303,7 @@ def test_paper_entries_match_their_configs_wiring():
 def test_shipped_entries_hash_their_files(name):
   e = registry.find(name)
   assert e.checkpoint is not None, f"{name} ships no checkpoint"
-  assert registry.hash_directory(e.checkpoint_path()) == e.checkpoint["sha256"]
+  assert variables.hash_directory(e.checkpoint_path()) == e.checkpoint["sha256"]
   m = e.metrics["test_bits_per_dim"]
   made_by = "convert.py" if name.endswith("-from-nf") else "train.py"
   assert m["num_images"] == 300 and m["command"].startswith(f"python launch/{made_by}")
@@ -299,8 +337,8 @@ def test_every_shipped_model_loads_in_a_fresh_process(tmp_path):
 
 def test_readme_table_is_generated_from_the_registry():
   text = open(os.path.join(ROOT, "README.md")).read()
-  block = text.split(zoo.TABLE_BEGIN, 1)[1].split(zoo.TABLE_END, 1)[0].strip()
-  assert block == zoo.markdown_table()
+  block = text.split(cards.TABLE_BEGIN, 1)[1].split(cards.TABLE_END, 1)[0].strip()
+  assert block == cards.markdown_table(registry.all_entries())
   for name in SHIPPED:
     assert f"`{name}`" in block
 
@@ -368,7 +406,8 @@ def test_registry_is_found_after_a_plain_pip_install(tmp_path):
           "print(m.sample(jax.random.key(0), 4, noise_scale=0.0).shape)\n"
           # A notebook's zoo.load pulls in neither the training loop nor TensorFlow.
           "import sys\nassert 'tensorflow' not in sys.modules\n"
-          "assert 'nifzoo.train.loop' not in sys.modules\n")
+          "assert 'nifzoo.train.loop' not in sys.modules\n"
+          "assert 'nifzoo.train.checkpoint' not in sys.modules\n")
   env = {**os.environ, "PYTHONPATH": str(target)}
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        cwd=str(tmp_path), env=env, timeout=600)
