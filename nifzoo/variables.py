@@ -18,7 +18,10 @@ Where a workdir keeps them (local or ``gs://``, :mod:`nifzoo.fileio`)::
 Every restore checks the saved shapes against the model first
 (:func:`check_shapes`, from Orbax's metadata) and places the arrays with the
 sharding asked for, never the saved one, so a checkpoint written on a pod
-restores on one CPU and vice versa.
+restores on one CPU and vice versa. Integrity: :func:`hash_directory` (a
+registry entry's ``checkpoint.sha256``) and a training step's per-file
+``checksums.json`` (:func:`write_checksums`, :func:`verify_checksums`), both
+over the same walk of a directory's files.
 """
 
 from __future__ import annotations
@@ -188,8 +191,8 @@ def workdir_config(workdir: str) -> ml_collections.ConfigDict:
   path = fileio.as_path(workdir) / CONFIG_FILE
   if not path.exists():
     raise CheckpointError(
-        f"{workdir} has no {CONFIG_FILE}: not a nifzoo training workdir (or one "
-        f"written before the loop saved its config).")
+        f"{workdir} has no {CONFIG_FILE}: not a nifzoo training workdir or "
+        f"launch/convert.py output.")
   return configs.finalize(ml_collections.ConfigDict(json.loads(path.read_text())))
 
 
@@ -251,9 +254,10 @@ def export(workdir: str, path: str, *, step: int | None = None) -> dict:
   :func:`hash_directory`). With several processes every process calls it
   (:func:`save`).
   """
+  config = workdir_config(workdir)
   src, partial, step = source(workdir, step)
   cpu = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  _, variables = restore_model(workdir_config(workdir), src, cpu, partial=partial)
+  _, variables = restore_model(config, src, cpu, partial=partial)
   num_params = save(variables, path)
   return {"sha256": hash_directory(path), "num_params": num_params, "step": step}
 
