@@ -181,6 +181,6 @@ def test_pod_rehearsal(gcs, tmp_path):
   want = _log_prob(final, images)
   np.testing.assert_array_equal(np.asarray(got["log_prob"], np.float32), want)
   # Re-registered from here (gcsfs) it loads to the same numbers.
-  zoo.register(workdir, f"{reg}-gcsfs", name=name, command="pytest")
+  registry.register(workdir, f"{reg}-gcsfs", name=name, command="pytest")
   np.testing.assert_array_equal(
       _log_prob(zoo.load(name, registry=f"{reg}-gcsfs"), images), want)
