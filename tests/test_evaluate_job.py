@@ -22,6 +22,7 @@ from nifzoo import zoo
 from nifzoo.evaluate import claims
 from nifzoo.evaluate import classifier
 from nifzoo.evaluate import config as config_lib
+from nifzoo.evaluate import inception
 from nifzoo.evaluate import job
 from nifzoo.evaluate import metrics
 from nifzoo.train import loop
@@ -59,6 +60,7 @@ def test_registry_metric_is_the_one_shape():
 
 
 def test_config_names_evaluations_and_settings_it_knows():
+  assert tuple(job.EVALUATORS) == config_lib.EVALS  # One evaluator per name.
   c = config_lib.get_config()
   assert list(c.evals) == sorted(config_lib.DEFAULT_EVALS.split(","))
   assert c.evals.s_sweep.scales[0] == 0.0 and len(c.evals.s_sweep.scales) == 15
@@ -148,6 +150,34 @@ def test_bpd_evaluation_reports_the_split_and_its_metric(tiny_model, tmp_path):
   assert out["metrics"] == {"test_bits_per_dim": {
       "value": round(r["bits_per_dim"], 5), "command": "python c",
       "split": "test", "num_images": 300, "num_draws": 2, "noise_scale": 1.0}}
+
+
+def test_fid_scores_s1_and_the_sweeps_s_star(tiny_model, tmp_path, monkeypatch):
+  """fid after s_sweep (a stub giving s* = 0.5): FIDs at s = 1 and s*, the
+  metric at s*. The weights file is read by inception.load_inception, and
+  the features are 8 pixels (Inception itself: test_evaluate_inception.py)."""
+  class Sweep:
+    @staticmethod
+    def run(model, settings, context):
+      del model, settings, context
+      return {"results": {"s_star": 0.5}, "metrics": {}}
+
+  monkeypatch.setitem(job.EVALUATORS, "s_sweep", (Sweep, 3))
+  loaded = []
+  monkeypatch.setattr(inception, "load_inception", loaded.append)
+  monkeypatch.setattr(inception, "feature_fn",
+                      lambda net, mesh: lambda y: y.reshape(len(y), -1)[:, :8])
+  out = evaluate.run(tiny_model, {
+      "evals": {"s_sweep": {}, "fid": {"weights": "w.npz", "num_samples": 16}},
+      "outdir": str(tmp_path), "batch_size": 16, "progress": False,
+      "command": "c"})
+  r = out["results"]["fid"]
+  assert loaded == ["w.npz"] and sorted(r) == ["0.5", "1.0"]
+  assert r["0.5"]["features"] == "inception" and r["0.5"]["num_samples"] == 16
+  assert r["0.5"]["fd"] != r["1.0"]["fd"]
+  assert out["metrics"] == {"test_fid_inception": {
+      "value": round(r["0.5"]["fd"], 4), "command": "c", "noise_scale": 0.5,
+      "num_samples": 16, "num_reference": 300}}
 
 
 def test_launcher_names_an_unknown_evaluation():

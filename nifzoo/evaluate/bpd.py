@@ -4,6 +4,7 @@
 batches of ``batch_size``; the last one is padded with copies of the first
 image and a ``mask`` marks the real ones. Each JAX process reads only its
 slice of every global batch, so a pod evaluates the split once in total.
+``mesh_batches``: the same, for loops that shard each batch over every device.
 
 ``bits_per_dim`` scores them with the model's ``bits_per_dim`` (docs/math.md
 §5: ``-log p(x_int) / (D ln 2)``, including the dequantisation and logit
@@ -11,6 +12,7 @@ log-dets). Dequantisation noise u ~ U[0,1)^D is drawn ``num_draws`` times per
 image from a fixed key (``fold_in(key, batch)``, then one split per draw), and
 the figure is the mean over images and draws of each draw's bits/dim, i.e.
 the usual variational (dequantised) bound, not the bin-midpoint value.
+``run`` is the ``bpd`` evaluation of a job (``nifzoo.evaluate.job``).
 """
 
 from __future__ import annotations

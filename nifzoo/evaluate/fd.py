@@ -9,7 +9,8 @@ flows model (docs/math.md §5.2). Both sides are streamed in batches; samples
 are drawn data-parallel on ``mesh`` (batch split over its ``data`` axis).
 
 The estimate's small-sample bias (``frechet.BIAS_NOTE``) depends on both
-counts, which every result records.
+counts, which every result records. ``run`` is the ``fd`` evaluation of a job
+(``nifzoo.evaluate.job``).
 """
 
 from __future__ import annotations

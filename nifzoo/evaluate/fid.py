@@ -17,14 +17,15 @@ from nifzoo.evaluate import priors
 
 def run(model, config, context) -> dict:
   """The ``fid`` evaluation (module docstring)."""
-  net = inception.load_inception(config.weights)
+  features = inception.feature_fn(inception.load_inception(config.weights),
+                                  context.mesh)
   scales = [1.0]
   if "s_sweep" in context.results and priors.has_noise_scale(model):
     scales.append(context.results["s_sweep"]["s_star"])
   out = {}
   for s in dict.fromkeys(scales):
     out[str(s)] = fd_lib.frechet_distance(
-        model, inception.feature_fn(net), model.config.data, "test",
+        model, features, model.config.data, "test",
         num_samples=config.num_samples, key=context.key, noise_scale=s,
         batch_size=context.batch_size, mesh=context.mesh, features="inception",
         progress=context.progress)

@@ -13,6 +13,7 @@ the PNG. Model calls are compiled (the methods' own programs, nifzoo.compiled).
   latent of its ``encode``.
 - ``embedding_2d`` / ``save_embeddings``: supervised UMAP of the test set's
   embeddings (Fig. 4); without umap-learn, PCA, and the figure says so.
+- ``run``: the ``figures`` evaluation of a job (``nifzoo.evaluate.job``).
 """
 
 from __future__ import annotations

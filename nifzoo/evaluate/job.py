@@ -41,7 +41,6 @@ EVALUATORS = {
     "s_sweep": (sweep, 3), "fid": (fid, 4), "figures": (figures, 5),
     "embeddings": (probe, 6),
 }
-assert tuple(EVALUATORS) == config_lib.EVALS
 
 
 @dataclasses.dataclass
@@ -59,7 +58,7 @@ class Context:
   classifier_dir: str | None
   data_config: Any
   results: dict = dataclasses.field(default_factory=dict)
-  _features: list = dataclasses.field(default_factory=list)
+  _features: list = dataclasses.field(default_factory=list, repr=False)
 
   def classifier_features(self):
     """The dataset classifier's feature function, loaded once per job (its

@@ -4,7 +4,8 @@ The NF's embedding is its flow latent v(x) ∈ ℝᴰ; a NIF's (NIF-k and deep N
 is the stochastic inverse's mean μ(x) ∈ ℝᵏ (docs/math.md §1.2), both with the dequantisation at
 the bin centre. A linear probe — multinomial logistic regression on standardised
 embeddings, fitted on the train split, scored on the test split — measures how
-linearly the classes separate in each embedding.
+linearly the classes separate in each embedding. ``run`` is the ``embeddings``
+evaluation of a job (``nifzoo.evaluate.job``).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ decodes the same latents (common random numbers: the curve's wiggles are not
 sampling noise between points). bits/dim(s) is on the whole test split; at
 s = 0 a NIF is the injective flow and the test images have zero density
 (reported as null). The NF has no s: its sweep is the single point s = 1.
+``run`` is the ``s_sweep`` evaluation of a job (``nifzoo.evaluate.job``).
 """
 
 from __future__ import annotations
