@@ -8,7 +8,8 @@ For k in 4, 8, 16, 32:
   2. fine-tunes that with the project's launcher for --steps steps
      (`--config.init_from`), scoring the whole test split at every
      --every steps, and registers the result as `digits-nif{k}-from-nf-ft`;
-  3. runs the noise-scale sweep (`launch/evaluate.py --evals=s_sweep`, s chosen
+  3. runs the noise-scale sweep (the `s_sweep` evaluation of
+     `nifzoo.evaluate.run`, as `launch/evaluate.py --evals=s_sweep`: s chosen
      on a train subsample, Fréchet distance on the digits classifier's
      features reported on test) for every model of the table that lacks it,
      writing the metrics into its entry;
@@ -47,8 +48,9 @@ def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
   from nifzoo import evaluate, registry, zoo  # pylint: disable=g-import-not-at-top
-  from nifzoo.evaluate import tables  # pylint: disable=g-import-not-at-top
+  from nifzoo.evaluate import metrics  # pylint: disable=g-import-not-at-top
   os.chdir(_ROOT)
+  command = " ".join(["python", "launch/convert_digits.py"] + sys.argv[1:])
   rows = []
   for k in map(int, _KS.value):
     conv_dir = os.path.join(_RUNS.value, f"digits-nif{k}-from-nf")
@@ -80,16 +82,16 @@ def main(argv):
                  "train_log_prior_gain_nats": report["train_log_prior_nif"]
                                               - report["train_log_prior_nf"],
                  "sigma2": report["sigma2_min"]})
-  fd_name = tables.FD.format(features="classifier")
+  fd_name = metrics.FD.format(features="classifier")
   names = ["digits-nf"] + [f"digits-nif{r['k']}{suffix}" for r in rows
                            for suffix in ("-from-nf", "-from-nf-ft", "")]
   for name in names:
     if fd_name not in registry.find(name, _REGISTRY.value).metrics:
-      _run(["launch/evaluate.py", f"--model={name}", "--evals=s_sweep",
-            f"--registry={_REGISTRY.value}", f"--outdir={_RUNS.value}/eval/{name}",
-            f"--write_metrics={_REGISTRY.value}"])
+      evaluate.run(name, {"evals": {"s_sweep": {}}, "registry": _REGISTRY.value,
+                          "outdir": f"{_RUNS.value}/eval/{name}",
+                          "write_metrics": _REGISTRY.value, "command": command})
   entry = lambda name: registry.find(name, _REGISTRY.value)
-  bpd = lambda name: entry(name).metrics["test_bits_per_dim"]["value"]
+  bpd = lambda name: entry(name).metrics[metrics.BPD]["value"]
   fd = lambda name: entry(name).metrics[fd_name]
   nf_bpd = bpd("digits-nf")
   for r in rows:

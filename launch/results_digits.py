@@ -1,19 +1,19 @@
 r"""The digits version of the paper's results, from the shipped checkpoints.
 
-  python launch/results_digits.py      # ~15 min on 2 CPU cores
+  python launch/results_digits.py
 
 Evaluates digits-nf, digits-nif{4,8,16,32} and the shipped deep NIFs
-(digits-deepnif{8,16}, compared with NIF-k of the same k) with launch/evaluate.py's
-``evaluate`` (bits/dim at s = 1, the noise-scale sweep on the digits
-classifier's features, linear probes), draws the NF-vs-NIF figures, and writes
-docs/results-digits.md, docs/results-digits.json and docs/figures/digits-*.png.
-Every number in the page comes from this one run. Flags of launch/evaluate.py
-(--num_samples, --bpd_draws, --seed, --registry, --write_metrics, ...) apply.
+(digits-deepnif{8,16}, compared with NIF-k of the same k) with an evaluation
+job (``nifzoo.evaluate.run``: bits/dim at s = 1, the noise-scale sweep on the
+digits classifier's features) and linear probes, draws the NF-vs-NIF figures,
+and writes docs/results-digits.md, docs/results-digits.json and
+docs/figures/digits-*.png. Every number in the page comes from this one run.
+The shortcut flags of launch/evaluate.py (--num_samples, --bpd_draws, --seed,
+--registry, --write_metrics, ...; nifzoo/evaluate/config.py) apply.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -23,20 +23,10 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from nifzoo.evaluate import claims as claims_lib
+from nifzoo.evaluate import config as config_lib
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAUNCHER = "nifzoo_launch_evaluate"  # launch/evaluate.py, imported once (its flags).
-
-
-def _evaluate_launcher():
-  if LAUNCHER not in sys.modules:
-    spec = importlib.util.spec_from_file_location(
-        LAUNCHER, os.path.join(ROOT, "launch", "evaluate.py"))
-    sys.modules[LAUNCHER] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sys.modules[LAUNCHER])
-  return sys.modules[LAUNCHER]
-
-
-evaluate_launcher = _evaluate_launcher()
 
 NF = "digits-nf"
 NIFS = ("digits-nif4", "digits-nif8", "digits-nif16", "digits-nif32")
@@ -51,9 +41,9 @@ _WORKDIR = flags.DEFINE_string("workdir", os.path.join(ROOT, "runs", "results-di
 _FIGURE_NIF = flags.DEFINE_string("figure_nif", "digits-nif16",
                                   "The NIF shown beside the NF in the figures.")
 _MODELS = flags.DEFINE_list("models", [NF, *NIFS], "Models to evaluate (NF first).")
+_SHORTCUTS = config_lib.define_flags()
 
 FLAGS = flags.FLAGS
-BPD_TOLERANCE = 0.02  # Claim 1: NIF within 2 % of the NF's bits/dim.
 REPEATS = 5  # Independent sample draws for the FD's spread.
 
 
@@ -105,72 +95,9 @@ def make_figures(models: dict, figdir: str, nif_name: str, seed: int) -> dict:
   return out
 
 
-def claims(rows: dict, spread: dict | None = None,
-           iw_bounds: dict | None = None) -> dict:
-  """The paper's three claims, checked on the measured numbers.
-
-  With ``spread`` ({name: {"s_star"/"s1": {"mean", "std"}}}, FDs over several
-  sample draws), claim 2 compares the means and says whether the gap exceeds
-  twice the larger standard deviation.
-  """
-  nf = rows[NF]
-  out = {"bpd": {}, "fd": {}, "probe": {}}
-  for name, r in rows.items():
-    if name == NF or name.startswith("digits-deepnif"):
-      continue  # The deep NIFs are compared with NIF-k (deep_nif_claims).
-    rel = (r["bits_per_dim"] - nf["bits_per_dim"]) / nf["bits_per_dim"]
-    out["bpd"][name] = {"nif": r["bits_per_dim"], "nf": nf["bits_per_dim"],
-                        "relative_difference": rel,
-                        "within_2_percent": abs(rel) <= BPD_TOLERANCE}
-    out["fd"][name] = {"nif_at_s_star": r["fd"], "s_star": r["s_star"],
-                       "nif_at_s1": r["fd_s1"], "nf": nf["fd"],
-                       "nif_better": r["fd"] < nf["fd"]}
-    if spread:
-      a, b = spread[name]["s_star"], spread[NF]["s_star"]
-      out["fd"][name].update(
-          nif_mean=a["mean"], nif_std=a["std"], nf_mean=b["mean"], nf_std=b["std"],
-          nif_better=a["mean"] < b["mean"],
-          beyond_2_std=abs(a["mean"] - b["mean"]) > 2 * max(a["std"], b["std"]))
-    out["probe"][name] = {"nif": r["probe_accuracy"], "nf": nf["probe_accuracy"],
-                          "nif_better": r["probe_accuracy"] > nf["probe_accuracy"]}
-  out["deep_nif"] = deep_nif_claims(rows, spread or {}, iw_bounds or {})
-  return out
-
-
-def deep_nif_claims(rows: dict, spread: dict, iw_bounds: dict) -> dict:
-  """Each shipped deep NIF against the NIF-k of the same k (paper App. B.4):
-  bits/dim (the deep NIF's IW bound, at the training N and at N = 256 from
-  ``iw_bounds`` {name: registry metric}) and the FD at each model's s*."""
-  out = {}
-  for name in rows:
-    if not name.startswith("digits-deepnif"):
-      continue
-    ref = "digits-nif" + name[len("digits-deepnif"):]
-    if ref not in rows or name not in spread or ref not in spread:
-      continue
-    a, b = spread[name]["s_star"], spread[ref]["s_star"]
-    curve = iw_bounds.get(name) or {}
-    n256 = (curve["bits_per_dim_by_n"][curve["num_samples"].index(256)]
-            if 256 in curve.get("num_samples", []) else None)
-    out[name] = {
-        "nif": ref, "bpd": rows[name]["bits_per_dim"], "bpd_n256": n256,
-        "nif_bpd": rows[ref]["bits_per_dim"],
-        "bpd_better": rows[name]["bits_per_dim"] < rows[ref]["bits_per_dim"],
-        "s_star": rows[name]["s_star"], "fd_mean": a["mean"], "fd_std": a["std"],
-        "nif_fd_mean": b["mean"], "nif_fd_std": b["std"],
-        "fd_better": a["mean"] < b["mean"],
-        "fd_beyond_2_std": abs(a["mean"] - b["mean"]) > 2 * max(a["std"], b["std"])}
-  return out
-
-
-def _yes(flag: bool) -> str:
-  return "**yes**" if flag else "**no**"
-
-
 def write_page(path: str, rows: dict, table_md: str, verdict: dict, extra: dict,
                figs: dict, command: str):
   rel = lambda p: os.path.relpath(p, os.path.dirname(path))
-  nf = rows[NF]
   lines = [
       "# Results on digits",
       "",
@@ -206,62 +133,10 @@ def write_page(path: str, rows: dict, table_md: str, verdict: dict, extra: dict,
       "samples each at every model's s*.",
       "",
       table_md,
-      "## The paper's claims on digits",
-      "",
-      "1. *NIF-k matches the NF in bits/dim at s = 1* (within 2 %):",
+      claims_lib.markdown(verdict, dataset="digits", repeats=extra.get("repeats", "?"),
+                          pixel_probe=extra["pixel_probe"]),
+      "", "## Figures", "",
   ]
-  for name, v in verdict["bpd"].items():
-    lines.append(f"   - `{name}`: {v['nif']:.4f} vs NF {v['nf']:.4f} "
-                 f"({v['relative_difference']:+.2%}): {_yes(v['within_2_percent'])}")
-  lines.append("2. *NIF samples at the tuned s have a better Fréchet distance than "
-               "the NF's*:")
-  for name, v in verdict["fd"].items():
-    if "nif_mean" in v:
-      lines.append(
-          f"   - `{name}`: FD {v['nif_mean']:.2f} ± {v['nif_std']:.2f} at s* = "
-          f"{v['s_star']:.2f} vs NF {v['nf_mean']:.2f} ± {v['nf_std']:.2f} (mean ± sd "
-          f"over {extra.get('repeats', '?')} sample draws): {_yes(v['nif_better'])}"
-          + ("" if v["beyond_2_std"] else
-             " (the gap is within two standard deviations: not significant)"))
-    else:
-      lines.append(f"   - `{name}`: FD {v['nif_at_s_star']:.2f} at s* = {v['s_star']:.2f} "
-                   f"(s = 1: {v['nif_at_s1']:.2f}) vs NF {v['nf']:.2f}: "
-                   f"{_yes(v['nif_better'])}")
-  gains = {n: v["nif_at_s1"] - v["nif_at_s_star"] for n, v in verdict["fd"].items()}
-  near_one = all(abs(v["s_star"] - 1.0) <= 0.25 for v in verdict["fd"].values())
-  lines.append(
-      "   FD(s = 1) − FD(s*), single draws: " + ", ".join(
-          f"{g:+.2f} (`{n}`)" for n, g in gains.items()) + "."
-      + (" Every s* lies within 0.25 of 1: tuning s gains little on digits, and "
-         "whatever lead the NIF models have over the NF is there at s = 1 already."
-         if near_one else ""))
-  lines.append("3. *The NIF embedding is more useful than the NF latent* (linear-probe "
-               f"accuracy; the same probe on raw pixels: {extra['pixel_probe']:.1%}):")
-  for name, v in verdict["probe"].items():
-    lines.append(f"   - `{name}`: {v['nif']:.1%} vs NF {v['nf']:.1%}: "
-                 f"{_yes(v['nif_better'])}")
-  deep = verdict.get("deep_nif") or {}
-  if deep:
-    lines += [
-        "", "## The deep NIF against NIF-k", "",
-        "The deep NIF's bits/dim is the importance-weighted bound (docs/math.md §1.7, "
-        "§4.2), an upper bound on its true bits/dim; NIF-k's is exact. The N = 256 "
-        "bound and the NIF-k beside it come from the registry entry "
-        "(`launch/evaluate.py --evals=iw_bound`, same images and dequantisation "
-        "draws). FDs are mean ± sd over the sample draws above, each model at its "
-        "own s*.", "",
-        "| deep NIF | bits/dim (N = 16) | bits/dim (N = 256) | NIF-k | NIF-k bits/dim "
-        "| FD at s* | NIF-k FD at s* | fewer bits/dim | better FD |",
-        "|---|---|---|---|---|---|---|---|---|"]
-    for name, v in deep.items():
-      n256 = "—" if v["bpd_n256"] is None else f"{v['bpd_n256']:.4f}"
-      lines.append(
-          f"| `{name}` | {v['bpd']:.4f} | {n256} | `{v['nif']}` | {v['nif_bpd']:.4f} "
-          f"| {v['fd_mean']:.2f} ± {v['fd_std']:.2f} (s* = {v['s_star']:.2f}) "
-          f"| {v['nif_fd_mean']:.2f} ± {v['nif_fd_std']:.2f} | {_yes(v['bpd_better'])} "
-          f"| {_yes(v['fd_better'])}"
-          + ("" if v["fd_beyond_2_std"] else " (within 2 sd)") + " |")
-  lines += ["", "## Figures", ""]
   captions = {
       "sweep": "FD(s) on the test split (solid; dotted: the train subsample that "
                "chooses s*, marked ★) and test bits/dim(s) (paper Fig. 7/11). The NF "
@@ -292,43 +167,44 @@ def main(argv):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from nifzoo import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from nifzoo import zoo  # pylint: disable=g-import-not-at-top
+  from nifzoo import evaluate  # pylint: disable=g-import-not-at-top
   from nifzoo.evaluate import classifier as classifier_lib  # pylint: disable=g-import-not-at-top
-  from nifzoo.evaluate import fd as fd_lib, figures, frechet, probe, sweep, tables  # pylint: disable=g-import-not-at-top
+  from nifzoo.evaluate import fd as fd_lib, figures, frechet, metrics, probe, sweep, tables  # pylint: disable=g-import-not-at-top
 
   t0 = time.time()
   command = "python launch/results_digits.py " + " ".join(sys.argv[1:])
+  # The job's config, with the embeddings' settings for the probes done here.
+  config = _SHORTCUTS(config_lib.get_config("bpd,s_sweep,embeddings"))
+  embedding_method = config.evals.embeddings.method
+  del config.evals["embeddings"]
+  config.command = command
   figdir = os.path.join(_DOCS.value, "figures")
   os.makedirs(figdir, exist_ok=True)
   mesh = mesh_lib.make_mesh()
   names = list(_MODELS.value)
   if not FLAGS["models"].present:
     from nifzoo import registry as registry_lib  # pylint: disable=g-import-not-at-top
-    shipped = registry_lib.names(registry=FLAGS.registry)
+    shipped = registry_lib.names(registry=config.registry)
     names += [n for n in DEEP_NIFS if n in shipped]
   if names[0] != NF or _FIGURE_NIF.value not in names:
     raise app.UsageError(f"--models must start with {NF} and include --figure_nif.")
   results, loaded = {}, {}
   for name in names:
-    results[name] = evaluate_launcher.evaluate(
-        name, ["bpd", "s_sweep"], os.path.join(_WORKDIR.value, name),
-        registry=FLAGS.registry, num_samples=FLAGS.num_samples,
-        tune_size=FLAGS.tune_size, bpd_draws=FLAGS.bpd_draws,
-        batch_size=FLAGS.batch_size, seed=FLAGS.seed,
-        classifier_dir=FLAGS.classifier, write_metrics=FLAGS.write_metrics,
-        command=command, mesh=mesh)
-    loaded[name] = zoo.load(name, mesh=mesh, registry=FLAGS.registry)
+    loaded[name] = zoo.load(name, mesh=mesh, registry=config.registry)
+    config.outdir = os.path.join(_WORKDIR.value, name)
+    results[name] = evaluate.run(loaded[name], config, mesh=mesh)
+  batch_size, seed = config.batch_size, config.seed
+  num_samples = config.evals.s_sweep.num_samples
 
   # Linear probes and the embedding figure.
   embs, probes = {}, {}
   for name, model in loaded.items():
-    p = probe.probe_model(model, model.config.data, batch_size=FLAGS.batch_size,
+    p = probe.probe_model(model, model.config.data, batch_size=batch_size,
                           mesh=mesh)
     probes[name] = p
-    results[name]["metrics"][tables.PROBE] = {
-        "value": round(p["accuracy"], 4), "command": command,
-        **{k: p[k] for k in ("dim", "num_train", "num_test", "embedding")}}
+    results[name]["metrics"][metrics.PROBE] = probe.probe_metric(p, command)
     embs[name] = probe.embeddings(model, model.config.data, "test",
-                                  batch_size=FLAGS.batch_size, mesh=mesh)
+                                  batch_size=batch_size, mesh=mesh)
     print(f"[{name}] linear probe {p['accuracy']:.3f} ({p['dim']}-d)", flush=True)
   # Context for the probe: the same probe on the raw pixels (levels, 64-d).
   x_tr, y_tr = classifier_lib.load_split(loaded[NF].config.data, "train")
@@ -336,18 +212,18 @@ def main(argv):
   pixel_probe = probe.linear_probe(x_tr.reshape(len(x_tr), -1), y_tr,
                                    x_te.reshape(len(x_te), -1), y_te)
   print(f"[pixels] linear probe {pixel_probe['accuracy']:.3f}", flush=True)
-  if FLAGS.write_metrics:
+  if config.write_metrics:
     from nifzoo import registry as registry_lib  # pylint: disable=g-import-not-at-top
     for name in names:
       registry_lib.update_metrics(
-          name, {tables.PROBE: results[name]["metrics"][tables.PROBE]},
-          os.path.expanduser(FLAGS.write_metrics), registry=FLAGS.registry)
+          name, {metrics.PROBE: results[name]["metrics"][metrics.PROBE]},
+          os.path.expanduser(config.write_metrics), registry=config.registry)
   emb_fig = figures.save_embeddings(
-      embs, os.path.join(figdir, "digits-embeddings.png"), seed=FLAGS.seed,
-      method=FLAGS.embedding_method,
+      embs, os.path.join(figdir, "digits-embeddings.png"), seed=seed,
+      method=embedding_method,
       probe={n: p["accuracy"] for n, p in probes.items()})
 
-  figs = make_figures(loaded, figdir, _FIGURE_NIF.value, FLAGS.seed)
+  figs = make_figures(loaded, figdir, _FIGURE_NIF.value, seed)
   figs["embeddings"] = emb_fig["path"]
   figs["sweep"] = sweep.plot_sweep(
       {n: r["results"]["s_sweep"] for n, r in results.items()},
@@ -355,20 +231,20 @@ def main(argv):
       title="digits: Fréchet distance (classifier features) and bits/dim vs s")
 
   # The protocol's floor: FD between two disjoint sets of real digits.
-  feature_fn, clf_info = evaluate_launcher.load_feature_fn(loaded[NF], FLAGS.classifier)
   data = loaded[NF].config.data
+  feature_fn, clf_info = classifier_lib.load_features(config.classifier_dir, data, mesh)
   sw = results[NF]["results"]["s_sweep"]
-  idx = sweep.tune_indices(data, "train", sw["tune_size"], FLAGS.seed)
+  idx = sweep.tune_indices(data, "train", sw["tune_size"], seed)
   fd_real = frechet.frechet_distance_features(
       fd_lib.split_features(feature_fn, data, "train", indices=idx,
-                            key=jax.random.key(FLAGS.seed)),
+                            key=jax.random.key(seed)),
       fd_lib.split_features(feature_fn, data, "test",
-                            key=jax.random.key(FLAGS.seed + 1)))
+                            key=jax.random.key(seed + 1)))
 
   # The FD's spread over sample draws: REPEATS independent sets of samples at
   # each model's s* (and at s = 1), against the same test features.
   test_stats = frechet.gaussian_stats(fd_lib.split_features(
-      feature_fn, data, "test", key=jax.random.key(FLAGS.seed + 1)))
+      feature_fn, data, "test", key=jax.random.key(seed + 1)))
   spread = {}
   for name, model in loaded.items():
     sampler = fd_lib.make_sampler(model, mesh)
@@ -376,9 +252,9 @@ def main(argv):
     spread[name] = {}
     for label, s in (("s_star", s_star), ("s1", 1.0)):
       vals = [fd_lib.frechet_to_reference(
-          sampler, feature_fn, test_stats, FLAGS.num_samples,
-          key=jax.random.fold_in(jax.random.key(FLAGS.seed + 100), r),
-          noise_scale=s, batch_size=FLAGS.batch_size) for r in range(REPEATS)]
+          sampler, feature_fn, test_stats, num_samples,
+          key=jax.random.fold_in(jax.random.key(seed + 100), r),
+          noise_scale=s, batch_size=batch_size) for r in range(REPEATS)]
       spread[name][label] = {"noise_scale": s, "mean": float(np.mean(vals)),
                              "std": float(np.std(vals, ddof=1)), "values": vals}
     print(f"[{name}] FD at s*={s_star:.3f}: {spread[name]['s_star']['mean']:.3f} "
@@ -390,11 +266,11 @@ def main(argv):
              for n, r in results.items()}
   rows = tables.table_rows(entries)
   by_name = {r["name"]: r for r in rows}
-  iw_bounds = {n: m.entry.metrics.get(evaluate_launcher.IW_METRIC)
+  iw_bounds = {n: m.entry.metrics.get(metrics.IW_BOUND)
                for n, m in loaded.items() if m.entry is not None}
-  verdict = claims(by_name, spread, iw_bounds)
+  verdict = claims_lib.claims(by_name, spread, iw_bounds, nf=NF)
   extra = {"wall_time_s": time.time() - t0, "hardware": zoo.hardware_string(),
-           "bpd_draws": FLAGS.bpd_draws, "num_samples": FLAGS.num_samples,
+           "bpd_draws": config.evals.bpd.num_draws, "num_samples": num_samples,
            "tune_size": sw["tune_size"], "fd_real": fd_real,
            "classifier_accuracy": clf_info["test_accuracy"],
            "embedding_method": emb_fig["method"], "repeats": REPEATS,
@@ -406,7 +282,7 @@ def main(argv):
                "protocol": extra, "probes": probes, "fd_spread": spread,
                "sweeps": {n: r["results"]["s_sweep"] for n, r in results.items()},
                "bits_per_dim": {n: r["results"]["bpd"] for n, r in results.items()}},
-              f, indent=2, default=evaluate_launcher._jsonable)  # pylint: disable=protected-access
+              f, indent=2, default=evaluate.job.jsonable)
     f.write("\n")
   print(f"Wrote {page} and {len(figs)} figures in {time.time() - t0:.0f} s.")
 

@@ -251,18 +251,12 @@ def test_damaged_newest_checkpoint_on_gs_is_moved_aside_and_skipped(
 
 
 def test_evaluation_outputs_go_to_gs(gs_run, gcs_path):
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  mod = "nifzoo_launch_evaluate"
-  if mod not in sys.modules:
-    spec = importlib.util.spec_from_file_location(
-        mod, os.path.join(ROOT, "launch", "evaluate.py"))
-    sys.modules[mod] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sys.modules[mod])
+  from nifzoo import evaluate  # pylint: disable=g-import-not-at-top
   _, reg, _ = gs_run
-  out = sys.modules[mod].evaluate(
-      NAME, ["bpd", "figures"], f"{gcs_path}/eval", registry=[reg], bpd_draws=1,
-      batch_size=64, write_metrics=reg, progress=False)
+  out = evaluate.run(NAME, {
+      "evals": {"bpd": {"num_draws": 1}, "figures": {}},
+      "outdir": f"{gcs_path}/eval", "registry": [reg], "batch_size": 64,
+      "write_metrics": reg, "progress": False})
   saved = fileio.read_json(f"{gcs_path}/eval/metrics.json")
   assert saved["metrics"] == json.loads(json.dumps(out["metrics"]))
   for f in ("samples_s0.png", "reconstructions.png"):

@@ -1,15 +1,28 @@
-"""Evaluation: plain functions of a model and a dataset (one file per concern).
+"""Evaluation: plain functions of a model and a dataset, and jobs of them by config.
+
+A job (``run(model, config)``, ``job.py``) runs the evaluations that
+``config.evals`` names (``config.py``: the settings and their defaults), each a
+module with one entry point ``run(model, settings, context)``:
 
 ``bpd``: bits/dim on a whole split, every image once (padded, masked batches).
-``frechet``: the Fréchet distance between Gaussians fitted to feature sets.
-``fd``: FD of a model's continuous samples to a split, on a feature network.
-``classifier``: the small classifier whose features give an offline FD.
-``inception``: Inception-v3 pool3 features (TTUR-compatible FID), user weights.
-``sweep``: FD(s) and bits/dim(s); s chosen on train, reported on test.
+``iw_bound``: the deep NIF's importance-weighted bound against N.
+``fd``: FD of a model's samples to a split, on a feature network.
+``sweep`` (``s_sweep``): FD(s) and bits/dim(s); s chosen on train, reported on test.
+``fid``: Inception-v3 FID at s = 1 and s*.
 ``figures``: temperature grids, s strips, samples, reconstructions,
-interpolations, embedding maps. ``probe``: embeddings and a linear probe.
-``tables``: the paper's Tables 1 and 2 from measured metrics.
+interpolations, embedding maps. ``probe`` (``embeddings``): embeddings and a
+linear probe.
+
+Beside them: ``frechet`` (the Fréchet distance between Gaussians fitted to
+feature sets), ``classifier`` (the small classifier whose features give an
+offline FD), ``inception`` (Inception-v3 pool3 features, user weights),
+``metrics`` (the one builder of registry metrics, and their names),
+``tables`` (the paper's Tables 1 and 2 from measured metrics), ``programs``
+(a module's computation compiled over the mesh), ``progress`` (the progress
+line), ``priors`` (what the evaluations ask of a model's prior).
 """
 
 from nifzoo.evaluate.bpd import bits_per_dim
 from nifzoo.evaluate.bpd import eval_batches
+from nifzoo.evaluate.config import get_config
+from nifzoo.evaluate.job import run

@@ -4,6 +4,7 @@
 batches of ``batch_size``; the last one is padded with copies of the first
 image and a ``mask`` marks the real ones. Each JAX process reads only its
 slice of every global batch, so a pod evaluates the split once in total.
+``mesh_batches``: the same, for loops that shard each batch over every device.
 
 ``bits_per_dim`` scores them with the model's ``bits_per_dim`` (docs/math.md
 §5: ``-log p(x_int) / (D ln 2)``, including the dequantisation and logit
@@ -11,24 +12,25 @@ log-dets). Dequantisation noise u ~ U[0,1)^D is drawn ``num_draws`` times per
 image from a fixed key (``fold_in(key, batch)``, then one split per draw), and
 the figure is the mean over images and draws of each draw's bits/dim, i.e.
 the usual variational (dequantised) bound, not the bin-midpoint value.
+``run`` is the ``bpd`` evaluation of a job (``nifzoo.evaluate.job``).
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import sys
-import time
 from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from nifzoo import checks
 from nifzoo import data as data_lib
 from nifzoo import mesh as mesh_lib
+from nifzoo.evaluate import metrics
+from nifzoo.evaluate import priors
+from nifzoo.evaluate import programs
+from nifzoo.evaluate import progress as progress_lib
 
 
 def eval_batches(data_config, split: str, batch_size: int, *,
@@ -49,6 +51,20 @@ def eval_batches(data_config, split: str, batch_size: int, *,
   if batch_size % pc:
     raise ValueError(f"batch_size={batch_size} must be divisible by the number "
                      f"of processes ({pc}).")
+  return _batches(data_config, split, batch_size, indices, max_images, pi, pc)
+
+
+def mesh_batches(data_config, split: str, batch_size: int, *, indices=None,
+                 max_images: int | None = None):
+  """:func:`eval_batches` for a loop that shards each global batch over every
+  device (``nifzoo.mesh.global_batch``): ``batch_size`` must divide by the
+  number of processes and of devices."""
+  mesh_lib.check_batch_size(checks.check_positive_int(batch_size, "batch_size"))
+  return _batches(data_config, split, batch_size, indices, max_images,
+                  jax.process_index(), jax.process_count())
+
+
+def _batches(data_config, split, batch_size, indices, max_images, pi, pc):
   source = data_lib.get_source(data_config, split)
   idx = np.arange(len(source)) if indices is None else np.asarray(indices, int)
   if max_images is not None:
@@ -58,6 +74,10 @@ def eval_batches(data_config, split: str, batch_size: int, *,
   if idx.min() < 0 or idx.max() >= len(source):
     raise ValueError(f"indices must lie in [0, {len(source)}) for "
                      f"{data_config.name}/{split}.")
+  return _padded(source, idx, batch_size, pi, pc)
+
+
+def _padded(source, idx, batch_size, pi, pc):
   local = batch_size // pc
   for start in range(0, idx.size, batch_size):
     pos = start + pi * local + np.arange(local)
@@ -67,44 +87,20 @@ def eval_batches(data_config, split: str, batch_size: int, *,
            np.asarray([e["label"] for e in examples], np.int32), mask)
 
 
-def num_batches(num_images: int, batch_size: int) -> int:
-  return -(-num_images // batch_size)
-
-
-def _progress(what: str, done: int, total: int, t0: float) -> None:
-  """One line, rewritten in place (stderr), with images/s."""
-  rate = done / max(time.time() - t0, 1e-9)
-  end = "\n" if done >= total else ""
-  sys.stderr.write(f"\r{what}: {done}/{total} images, {rate:.0f} images/s{end}")
-  sys.stderr.flush()
-
-
-@functools.lru_cache(maxsize=16)
-def _batch_sums_fn(graphdef, num_draws: int, num_samples, mesh):
-  """The jitted per-batch sums of :func:`bits_per_dim`, one per model structure
-  (``graphdef``, equal for equally built models), draws, N and mesh, so that
-  evaluating again (every checkpoint of a run, a sweep over s) reuses its
-  compiled program: (state, images (B, H, W, C), mask (B,), key, s) ->
-  [sum bpd, sum bpd², count, non-finite count]."""
-
-  # A hand-written jit, not the model's compiled bits_per_dim: a program of its
-  # own (lax.map over draws, masked sums) with out_shardings over the mesh.
-  @functools.partial(jax.jit, out_shardings=mesh_lib.replicated(mesh))
-  def batch_sums(state, images, mask, key, s):
-    m = nnx.merge(graphdef, state)
-    # One draw at a time (lax.map): memory stays that of one batch.
-    per_draw = jax.lax.map(
-        lambda k: m.bits_per_dim(images, key=k, noise_scale=s,
-                                 num_samples=num_samples),
-        jax.random.split(key, num_draws))
-    bpd = jnp.mean(per_draw, axis=0)                    # (b,)
-    w = mask.astype(jnp.float32)
-    ok = jnp.where(mask, jnp.isfinite(bpd), True)
-    bpd = jnp.where(mask, bpd, 0.0)
-    return jnp.stack([jnp.sum(w * bpd), jnp.sum(w * bpd**2), jnp.sum(w),
-                      jnp.sum(~ok)])
-
-  return batch_sums
+def _batch_sums(model, images, mask, key, s, *, num_draws: int, num_samples):
+  """[sum bpd, sum bpd², count, non-finite count] over the real images of one
+  batch (``mask``), each image's bpd averaged over ``num_draws`` draws."""
+  # One draw at a time (lax.map): memory stays that of one batch.
+  per_draw = jax.lax.map(
+      lambda k: model.bits_per_dim(images, key=k, noise_scale=s,
+                                   num_samples=num_samples),
+      jax.random.split(key, num_draws))
+  bpd = jnp.mean(per_draw, axis=0)                    # (b,)
+  w = mask.astype(jnp.float32)
+  ok = jnp.where(mask, jnp.isfinite(bpd), True)
+  bpd = jnp.where(mask, bpd, 0.0)
+  return jnp.stack([jnp.sum(w * bpd), jnp.sum(w * bpd**2), jnp.sum(w),
+                    jnp.sum(~ok)])
 
 
 def bits_per_dim(model, data_config, split: str = "test", *,
@@ -124,9 +120,9 @@ def bits_per_dim(model, data_config, split: str = "test", *,
     noise_scale: s (Sigma -> s^2 Sigma); 1 is the trained model.
     num_samples: N of the deep NIF's importance-weighted bound (default: the
       model's training N).
-    mesh: a data mesh (``nifzoo.mesh.make_mesh()``); default: one device.
+    mesh: a data mesh (``nifzoo.mesh.make_mesh()``); default: every device.
     indices, max_images: evaluate a subset of the split.
-    progress: print a one-line progress report on stderr.
+    progress: a one-line progress report on stderr.
 
   Returns:
     ``{"bits_per_dim", "std_bits_per_dim" (over images), "num_images",
@@ -134,38 +130,35 @@ def bits_per_dim(model, data_config, split: str = "test", *,
     the N the deep NIF's bound used (None for the exact NF and NIF-k).
   """
   num_draws = checks.check_positive_int(num_draws, "num_draws")
-  if model.prior == "deepnif":
+  if priors.likelihood_is_bound(model):
     num_samples = checks.check_positive_int(
         model.num_iw_samples if num_samples is None else num_samples, "num_samples")
   checks.check_noise_scale(noise_scale)
-  if model.prior != "normal" and float(noise_scale) == 0.0:
+  if priors.has_noise_scale(model) and float(noise_scale) == 0.0:
     raise ValueError("bits/dim needs noise_scale > 0: at s = 0 a NIF is the "
                      "injective flow and images off its manifold have zero "
                      "density.")
   key = jax.random.key(0) if key is None else key
   mesh = mesh_lib.make_mesh() if mesh is None else mesh
-  mesh_lib.check_batch_size(batch_size)
-  graphdef, state = nnx.split(model)
-  state = jax.device_put(state, mesh_lib.replicated(mesh))
-  batch_sums = _batch_sums_fn(graphdef, num_draws, num_samples, mesh)
-
+  batches = mesh_batches(data_config, split, batch_size, indices=indices,
+                         max_images=max_images)
+  batch_sums = programs.on_mesh(_batch_sums, model, mesh,
+                                static_argnames=("num_draws", "num_samples"))
+  update = progress_lib.meter(
+      f"bits/dim {split} s={float(noise_scale):g}",
+      _split_size(data_config, split, indices, max_images), enabled=progress)
   sums = np.zeros(4)
-  n_total = _split_size(data_config, split, indices, max_images)
-  t0 = time.time()
-  for i, (images, _, mask) in enumerate(eval_batches(
-      data_config, split, batch_size, indices=indices, max_images=max_images)):
+  for i, (images, _, mask) in enumerate(batches):
     out = np.asarray(jax.device_get(batch_sums(
-        state, mesh_lib.global_batch(mesh, images),
-        mesh_lib.global_batch(mesh, mask), jax.random.fold_in(key, i),
-        jnp.float32(noise_scale))), np.float64)
+        mesh_lib.global_batch(mesh, images), mesh_lib.global_batch(mesh, mask),
+        jax.random.fold_in(key, i), jnp.float32(noise_scale),
+        num_draws=num_draws, num_samples=num_samples)), np.float64)
     if out[3]:
       raise FloatingPointError(
           f"{int(out[3])} non-finite bits/dim values in batch {i} of "
           f"{data_config.name}/{split} at noise_scale={noise_scale}.")
     sums += out
-    if progress:
-      _progress(f"bits/dim {split} s={float(noise_scale):g}", int(sums[2]),
-                n_total, t0)
+    update(int(sums[2]))
   total, total_sq, count = sums[0], sums[1], int(sums[2])
   mean = total / count
   return {"bits_per_dim": float(mean),
@@ -175,40 +168,20 @@ def bits_per_dim(model, data_config, split: str = "test", *,
           "num_samples": num_samples}
 
 
-IW_SAMPLES = (1, 4, 16, 64, 256)
-
-
-def iw_bound_curve(model, data_config, split: str = "test", *,
-                   num_samples: Sequence[int] = IW_SAMPLES, **kwargs) -> dict:
-  """The deep NIF's importance-weighted bound (docs/math.md §1.7) against N.
-
-  ``bits_per_dim`` at each N in ``num_samples`` with the same ``key`` (so the
-  same images and dequantisation draws), ``kwargs`` as there. The bound
-  log p̂_N is non-decreasing in N in expectation, so bits/dim falls with N
-  and flattens as it nears -log p(x) / (D ln 2).
-
-  Returns ``{"num_samples": [N...], "bits_per_dim": [...], "decrease": [bpd(N_i)
-  - bpd(N_{i+1})...], "std_bits_per_dim", "num_images", "num_draws",
-  "noise_scale", "split"}``.
-  """
-  if model.prior != "deepnif":
-    raise ValueError(f"iw_bound_curve needs a deep NIF (its likelihood is a "
-                     f"bound); this model's prior is {model.prior!r}, whose "
-                     "log-likelihood is exact: use bits_per_dim.")
-  ns = [checks.check_positive_int(n, "num_samples") for n in num_samples]
-  if not ns or ns != sorted(set(ns)):
-    raise ValueError(f"num_samples must be increasing and non-empty, got {ns}.")
-  runs = [bits_per_dim(model, data_config, split, num_samples=n, **kwargs)
-          for n in ns]
-  bpd = [r["bits_per_dim"] for r in runs]
-  return {"num_samples": ns, "bits_per_dim": bpd,
-          "decrease": [a - b for a, b in zip(bpd, bpd[1:])],
-          "std_bits_per_dim": [r["std_bits_per_dim"] for r in runs],
-          **{k: runs[0][k] for k in ("num_images", "num_draws", "noise_scale",
-                                     "split")}}
-
-
 def _split_size(data_config, split, indices, max_images) -> int:
   n = len(data_lib.get_source(data_config, split)) if indices is None else len(indices)
   return n if max_images is None else min(n, max_images)
 
+
+def run(model, config, context) -> dict:
+  """The ``bpd`` evaluation: test bits/dim at s = 1, every test image once,
+  ``config.num_draws`` dequantisation draws (deep NIF: the IW bound with
+  ``config.iw_samples``, default the training N)."""
+  r = bits_per_dim(model, model.config.data, "test",
+                   batch_size=context.batch_size, num_draws=config.num_draws,
+                   key=context.key, num_samples=config.iw_samples,
+                   mesh=context.mesh, progress=context.progress)
+  return {"results": r, "metrics": metrics.bits_per_dim_metric(r, context.command),
+          "summary": f"test bits/dim {r['bits_per_dim']:.4f} ({r['num_images']} "
+                     "images" + (f", IW bound N = {r['num_samples']})"
+                                 if r["num_samples"] else ")")}

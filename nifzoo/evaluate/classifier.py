@@ -18,10 +18,7 @@ made it). The digits one ships in ``registry/checkpoints/digits-classifier/``;
 
 from __future__ import annotations
 
-import functools
-import math
-import sys
-import time
+import os
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +30,8 @@ from flax import nnx
 from nifzoo import checks
 from nifzoo import fileio
 from nifzoo.evaluate import bpd as bpd_lib
+from nifzoo.evaluate import programs
+from nifzoo.evaluate import progress as progress_lib
 
 INFO_FILE = "classifier.json"
 STATE_DIR = "state"
@@ -98,12 +97,12 @@ def load_split(data_config, split: str, *, batch_size: int = 512,
 def accuracy(model: Classifier, images, labels, num_levels: int, *, key,
              batch_size: int = 512) -> float:
   """Top-1 accuracy on dequantised integer images (a fixed dequantisation key)."""
-  logits_fn = nnx.jit(lambda m, y: m(y))
+  logits_fn = programs.on_mesh(Classifier.__call__, model)
   correct = 0
   for i in range(0, len(images), batch_size):
     y = dequantise(jnp.asarray(images[i:i + batch_size]),
                    jax.random.fold_in(key, i), num_levels)
-    correct += int(jnp.sum(jnp.argmax(logits_fn(model, y), -1)
+    correct += int(jnp.sum(jnp.argmax(logits_fn(y), -1)
                            == jnp.asarray(labels[i:i + batch_size])))
   return correct / len(images)
 
@@ -141,15 +140,12 @@ def train_classifier(data_config, *, num_classes: int = 10, hidden=(256, 32),
   rng = np.random.default_rng(seed)
   key = jax.random.key(seed)
   xs, ys = jnp.asarray(x_train), jnp.asarray(y_train)
-  t0 = time.time()
+  update = progress_lib.meter("classifier", steps, unit="steps", enabled=progress)
   for i in range(steps):
     idx = rng.integers(0, len(x_train), batch_size)
     loss = step(model, opt, xs[idx], ys[idx], jax.random.fold_in(key, i))
     if progress and ((i + 1) % 100 == 0 or i + 1 == steps):
-      sys.stderr.write(f"\rclassifier step {i + 1}/{steps} loss {float(loss):.4f} "
-                       f"{(i + 1) / (time.time() - t0):.0f} steps/s"
-                       + ("\n" if i + 1 == steps else ""))
-      sys.stderr.flush()
+      update(i + 1, f"loss {float(loss):.4f}")
   eval_key = jax.random.key(seed + 1)
   info = {
       "dataset": data_config.name, "image_shape": list(data_config.image_shape),
@@ -206,12 +202,32 @@ def load_classifier(directory: str) -> tuple[Classifier, dict]:
   return nnx.merge(graphdef, restored), info
 
 
-def feature_fn(model: Classifier):
-  """A jitted ``y (B,H,W,C) in [0,1] -> features (B, d)`` for the Fréchet distance."""
-  graphdef, state = nnx.split(model)
+def feature_fn(model: Classifier, mesh=None):
+  """A compiled ``y (B,H,W,C) in [0,1] -> features (B, d)`` for the Fréchet
+  distance (replicated on ``mesh``)."""
+  return programs.on_mesh(Classifier.features, model, mesh)
 
-  @jax.jit
-  def fn(state, y):
-    return nnx.merge(graphdef, state).features(y)
 
-  return functools.partial(fn, state)
+def default_dir(dataset: str) -> str:
+  """The registry's classifier of ``dataset``: checkpoints/<dataset>-classifier."""
+  from nifzoo import registry  # pylint: disable=g-import-not-at-top
+  return os.path.join(registry.packaged_dir(), registry.CHECKPOINTS,
+                      f"{dataset}-classifier")
+
+
+def load_features(directory: str | None, data_config, mesh=None):
+  """(feature_fn, info) of the classifier at ``directory`` (default: the
+  registry's for ``data_config.name``), checked against its hash and the
+  dataset's image shape."""
+  from nifzoo import registry  # pylint: disable=g-import-not-at-top
+  d = directory or default_dir(data_config.name)
+  clf, info = load_classifier(d)
+  if "sha256" in info:
+    got = registry.hash_directory(os.path.join(d, STATE_DIR))
+    if got != info["sha256"]:
+      raise ValueError(f"The classifier at {d} does not match its hash "
+                       f"({got} != {info['sha256']}): the files changed.")
+  if tuple(info["image_shape"]) != tuple(data_config.image_shape):
+    raise ValueError(f"The classifier at {d} is for images {info['image_shape']}, "
+                     f"the model's are {list(data_config.image_shape)}.")
+  return feature_fn(clf, mesh), info

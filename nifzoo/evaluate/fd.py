@@ -9,31 +9,22 @@ flows model (docs/math.md §5.2). Both sides are streamed in batches; samples
 are drawn data-parallel on ``mesh`` (batch split over its ``data`` axis).
 
 The estimate's small-sample bias (``frechet.BIAS_NOTE``) depends on both
-counts, which every result records.
+counts, which every result records. ``run`` is the ``fd`` evaluation of a job
+(``nifzoo.evaluate.job``).
 """
 
 from __future__ import annotations
 
-import functools
-import sys
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from nifzoo import checks
-from nifzoo import mesh as mesh_lib
 from nifzoo.evaluate import bpd as bpd_lib
 from nifzoo.evaluate import frechet
-
-
-def _line(what: str, done: int, total: int, t0: float):
-  end = "\n" if done >= total else ""
-  sys.stderr.write(f"\r{what}: {done}/{total}, "
-                   f"{done / max(time.time() - t0, 1e-9):.0f}/s{end}")
-  sys.stderr.flush()
+from nifzoo.evaluate import metrics
+from nifzoo.evaluate import programs
+from nifzoo.evaluate import progress as progress_lib
 
 
 def split_features(feature_fn, data_config, split: str, *, key=None,
@@ -53,24 +44,19 @@ def split_features(feature_fn, data_config, split: str, *, key=None,
   return np.concatenate(out)
 
 
-def make_sampler(model, mesh=None):
-  """A jitted ``(key, n, temperature, noise_scale) -> continuous samples (n,H,W,C)``,
-  sharded over the batch on ``mesh`` (n must divide by its size)."""
-  mesh = mesh_lib.make_mesh() if mesh is None else mesh
-  graphdef, state = nnx.split(model)
-  state = jax.device_put(state, mesh_lib.replicated(mesh))
+def _sample(model, key, temperature, noise_scale, *, n: int):
+  return model.sample(key, n, temperature=temperature, noise_scale=noise_scale,
+                      output="continuous")
 
-  # A hand-written jit, not the model's compiled sample: its samples stay
-  # sharded over the mesh's batch axis (out_shardings), for the feature network.
-  @functools.partial(jax.jit, static_argnums=(2,),
-                     out_shardings=mesh_lib.batch_sharded(mesh))
-  def sample(state, key, n, temperature, noise_scale):
-    m = nnx.merge(graphdef, state)
-    return m.sample(key, n, temperature=temperature, noise_scale=noise_scale,
-                    output="continuous")
+
+def make_sampler(model, mesh=None):
+  """A compiled ``(key, n, temperature, noise_scale) -> continuous samples
+  (n,H,W,C)``, sharded over the batch on ``mesh`` (n must divide by its size)."""
+  sample = programs.on_mesh(_sample, model, mesh, out="batch",
+                            static_argnames=("n",))
 
   def fn(key, n, temperature=1.0, noise_scale=1.0):
-    return sample(state, key, n, jnp.float32(temperature), jnp.float32(noise_scale))
+    return sample(key, jnp.float32(temperature), jnp.float32(noise_scale), n=n)
 
   return fn
 
@@ -83,7 +69,9 @@ def sample_features(sampler, feature_fn, num_samples: int, *, key,
   num_samples = checks.check_positive_int(num_samples, "num_samples")
   checks.check_noise_scale(noise_scale)
   checks.check_noise_scale(temperature, "temperature")
-  out, done, t0 = [], 0, time.time()
+  update = progress_lib.meter(f"samples s={float(noise_scale):g}", num_samples,
+                              unit="samples", enabled=progress)
+  out, done = [], 0
   for i in range(-(-num_samples // batch_size)):
     y = sampler(jax.random.fold_in(key, i), batch_size, temperature, noise_scale)
     f = np.asarray(feature_fn(y), np.float64)[:num_samples - done]
@@ -93,8 +81,7 @@ def sample_features(sampler, feature_fn, num_samples: int, *, key,
           f"temperature={float(temperature)} (batch {i}).")
     out.append(f)
     done += len(f)
-    if progress:
-      _line(f"samples s={float(noise_scale):g}", done, num_samples, t0)
+    update(done)
   return np.concatenate(out)
 
 
@@ -133,3 +120,19 @@ def frechet_distance(model, feature_fn, data_config, split: str = "test", *,
           "split": split, "noise_scale": float(noise_scale),
           "temperature": float(temperature), "features": features,
           "bias": frechet.BIAS_NOTE}
+
+
+def run(model, config, context) -> dict:
+  """The ``fd`` evaluation: FD of ``config.num_samples`` samples at s = 1 to
+  the test split, on the dataset classifier's features."""
+  feature_fn = context.classifier_features()
+  r = frechet_distance(model, feature_fn, model.config.data, "test",
+                       num_samples=config.num_samples, key=context.key,
+                       noise_scale=1.0, batch_size=context.batch_size,
+                       mesh=context.mesh, progress=context.progress)
+  metric = metrics.registry_metric(
+      r["fd"], command=context.command,
+      **{k: r[k] for k in ("num_samples", "num_reference", "noise_scale")})
+  return {"results": r,
+          "metrics": {metrics.FD_S1.format(features="classifier"): metric},
+          "summary": f"FD (classifier) at s=1: {r['fd']:.3f}"}

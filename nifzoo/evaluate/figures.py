@@ -13,6 +13,7 @@ the PNG. Model calls are compiled (the methods' own programs, nifzoo.compiled).
   latent of its ``encode``.
 - ``embedding_2d`` / ``save_embeddings``: supervised UMAP of the test set's
   embeddings (Fig. 4); without umap-learn, PCA, and the figure says so.
+- ``run``: the ``figures`` evaluation of a job (``nifzoo.evaluate.job``).
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nifzoo import fileio
 from nifzoo import images as images_lib
 from nifzoo import models
+from nifzoo.evaluate import classifier
+from nifzoo.evaluate import priors
 
 
 # The model's methods compile themselves (nifzoo.compiled: one program per
@@ -192,3 +196,23 @@ def save_embeddings(embs: dict, path: str, *, seed: int = 0,
   fig.suptitle(f"{used} of the test set", fontsize=10)
   fig.tight_layout()
   return {"path": images_lib.save_figure(fig, path), "method": used}
+
+
+def run(model, config, context) -> dict:
+  """The ``figures`` evaluation: PNGs of the temperature grid, samples at s = 1
+  (and, for a NIF, at s = 0 and the s strip), reconstructions and
+  interpolations of test images."""
+  del config  # No settings.
+  key, nif = context.key, priors.has_noise_scale(model)
+  x, _ = classifier.load_split(model.config.data, "test", max_images=16)
+  grids = {"temperature.png": temperature_grid(model, key=key),
+           "reconstructions.png": reconstructions(model, x[:8]),
+           "interpolations.png": interpolations(model, x[:4], x[4:8])}
+  if nif:
+    grids["s_strip.png"] = noise_strip(model, key=key)
+  for s, imgs in samples_at(model, (0.0, 1.0) if nif else (1.0,), key=key).items():
+    grids[f"samples_s{s:g}.png"] = imgs.reshape(8, 8, *imgs.shape[1:])
+  files = [save_rows(rows, fileio.join(context.outdir, name))
+           for name, rows in grids.items()]
+  return {"results": {"files": list(grids)}, "metrics": {}, "files": files,
+          "summary": f"figures: {', '.join(grids)}"}

@@ -34,6 +34,7 @@ from flax import nnx
 
 from nifzoo import checks
 from nifzoo import fileio
+from nifzoo.evaluate import programs
 
 BN_EPS = 1e-3
 FID_SIZE = 299
@@ -58,7 +59,7 @@ class BasicConv2d(nnx.Module):
     shape = (kh, kw, cin, cout)
     if rng is None:  # To be overwritten by loaded weights.
       kernel = np.zeros(shape, np.float32)
-    else:  # He-normal (numpy: 94 eager jax draws would compile for ~30 s).
+    else:  # He-normal, drawn on the host (numpy): no per-layer jax programs.
       kernel = rng.normal(0.0, np.sqrt(2.0 / (kh * kw * cin)), shape)
     self.kernel = nnx.Param(jnp.asarray(kernel, jnp.float32))
     self.scale = nnx.Param(jnp.ones((cout,)))
@@ -309,12 +310,7 @@ def load_inception(path: str, *, resize: int = FID_SIZE) -> InceptionV3FID:
   return model
 
 
-def feature_fn(model: InceptionV3FID):
-  """A jitted ``y (B,H,W,C) in [0,1] -> pool3 (B, 2048)`` for the Fréchet distance."""
-  graphdef, state = nnx.split(model)
-
-  @jax.jit
-  def fn(state, y):
-    return nnx.merge(graphdef, state)(y)
-
-  return lambda y: fn(state, y)
+def feature_fn(model: InceptionV3FID, mesh=None):
+  """A compiled ``y (B,H,W,C) in [0,1] -> pool3 (B, 2048)`` for the Fréchet
+  distance (replicated on ``mesh``)."""
+  return programs.on_mesh(InceptionV3FID.__call__, model, mesh)

@@ -4,34 +4,27 @@ The NF's embedding is its flow latent v(x) ∈ ℝᴰ; a NIF's (NIF-k and deep N
 is the stochastic inverse's mean μ(x) ∈ ℝᵏ (docs/math.md §1.2), both with the dequantisation at
 the bin centre. A linear probe — multinomial logistic regression on standardised
 embeddings, fitted on the train split, scored on the test split — measures how
-linearly the classes separate in each embedding.
+linearly the classes separate in each embedding. ``run`` is the ``embeddings``
+evaluation of a job (``nifzoo.evaluate.job``).
 """
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import numpy as np
-from flax import nnx
 
+from nifzoo import fileio
 from nifzoo import mesh as mesh_lib
 from nifzoo import models
 from nifzoo.evaluate import bpd as bpd_lib
+from nifzoo.evaluate import figures
+from nifzoo.evaluate import metrics
+from nifzoo.evaluate import priors
+from nifzoo.evaluate import programs
 
 
-@functools.lru_cache(maxsize=16)
-def _encode_fn(graphdef, kind: str, mesh):
-  """The jitted encoder of :func:`embeddings`, one per model structure, kind and
-  mesh (the train and test splits share its program): (state, images) -> (B, k)."""
-
-  # A hand-written jit, not the model's compiled encode: the embeddings are
-  # gathered replicated over the mesh (out_shardings), for every process.
-  @functools.partial(jax.jit, out_shardings=mesh_lib.replicated(mesh))
-  def encode(state, images):
-    return models.nif_latent(nnx.merge(graphdef, state).encode(images, kind=kind))
-
-  return encode
+def _encode(model, images, *, kind: str):
+  return models.nif_latent(model.encode(images, kind=kind))
 
 
 def embeddings(model, data_config, split: str = "test", *,
@@ -43,14 +36,12 @@ def embeddings(model, data_config, split: str = "test", *,
   authors' code); the NF ignores it (its flow latent).
   """
   mesh = mesh_lib.make_mesh() if mesh is None else mesh
-  graphdef, state = nnx.split(model)
-  state = jax.device_put(state, mesh_lib.replicated(mesh))
-  encode = _encode_fn(graphdef, kind, mesh)
-
+  batches = bpd_lib.mesh_batches(data_config, split, batch_size, indices=indices,
+                                 max_images=max_images)
+  encode = programs.on_mesh(_encode, model, mesh, static_argnames=("kind",))
   embs, labels = [], []
-  for x, y, mask in bpd_lib.eval_batches(data_config, split, batch_size,
-                                         indices=indices, max_images=max_images):
-    z = encode(state, mesh_lib.global_batch(mesh, x))
+  for x, y, mask in batches:
+    z = encode(mesh_lib.global_batch(mesh, x), kind=kind)
     embs.append(np.asarray(jax.device_get(z), np.float64)[mask])
     labels.append(y[mask])
   return np.concatenate(embs), np.concatenate(labels)
@@ -89,7 +80,29 @@ def probe_model(model, data_config, *, kind: str = "stochastic_inverse",
   te = embeddings(model, data_config, "test", kind=kind,
                   batch_size=batch_size, mesh=mesh)
   out = linear_probe(*tr, *te)
-  out["embedding"] = "flow latent v(x)" if model.prior == "normal" else (
-      "stochastic inverse mu(x)" if kind == "stochastic_inverse"
-      else "posterior mean")
+  out["embedding"] = priors.embedding_name(model, kind)
   return out
+
+
+def run(model, config, context) -> dict:
+  """The ``embeddings`` evaluation: the linear probe (:func:`probe_model`) and
+  a 2-D map of the test embeddings (``embedding.png``, ``config.method``)."""
+  r = probe_model(model, model.config.data, batch_size=context.batch_size,
+                  mesh=context.mesh)
+  emb = embeddings(model, model.config.data, "test", batch_size=context.batch_size,
+                   mesh=context.mesh)
+  fig = figures.save_embeddings(
+      {context.name: emb}, fileio.join(context.outdir, "embedding.png"),
+      seed=context.seed, method=config.method,
+      probe={context.name: r["accuracy"]})
+  r["figure_method"] = fig["method"]
+  return {"results": r, "metrics": {metrics.PROBE: probe_metric(r, context.command)},
+          "files": [fig["path"]],
+          "summary": f"linear probe accuracy {r['accuracy']:.3f} ({r['dim']}-d)"}
+
+
+def probe_metric(result: dict, command: str) -> dict:
+  """The registry metric of a :func:`probe_model` result."""
+  return metrics.registry_metric(
+      result["accuracy"], command=command,
+      **{k: result[k] for k in ("dim", "num_train", "num_test", "embedding")})

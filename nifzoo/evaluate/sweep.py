@@ -8,6 +8,7 @@ decodes the same latents (common random numbers: the curve's wiggles are not
 sampling noise between points). bits/dim(s) is on the whole test split; at
 s = 0 a NIF is the injective flow and the test images have zero density
 (reported as null). The NF has no s: its sweep is the single point s = 1.
+``run`` is the ``s_sweep`` evaluation of a job (``nifzoo.evaluate.job``).
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ import jax
 import numpy as np
 
 from nifzoo import data as data_lib
+from nifzoo import fileio
 from nifzoo.evaluate import bpd as bpd_lib
 from nifzoo.evaluate import fd as fd_lib
 from nifzoo.evaluate import frechet
+from nifzoo.evaluate import metrics
+from nifzoo.evaluate import priors
 
 DEFAULT_SCALES = tuple(float(s) for s in np.linspace(0.0, 1.2, 15))
 
@@ -57,7 +61,8 @@ def noise_scale_sweep(model, feature_fn, data_config, *,
   protocol (counts, splits, tuning indices' seed).
   """
   key = jax.random.key(0) if key is None else key
-  scales = (1.0,) if model.prior == "normal" else tuple(float(s) for s in scales)
+  nif = priors.has_noise_scale(model)
+  scales = tuple(float(s) for s in scales) if nif else (1.0,)
   if not scales:
     raise ValueError("scales must list at least one noise scale.")
   eval_size = len(data_lib.get_source(data_config, eval_split))
@@ -78,7 +83,7 @@ def noise_scale_sweep(model, feature_fn, data_config, *,
         sampler, feature_fn, stats_tune, num_samples, key=k_tune, **common))
     fd_eval.append(fd_lib.frechet_to_reference(
         sampler, feature_fn, stats_eval, num_samples, key=k_eval, **common))
-    if s > 0 or model.prior == "normal":
+    if s > 0 or not nif:
       bpd.append(bpd_lib.bits_per_dim(
           model, data_config, eval_split, batch_size=batch_size,
           num_draws=bpd_draws, key=k_bpd, noise_scale=s, mesh=mesh,
@@ -140,3 +145,28 @@ def plot_sweep(results: dict, path: str, title: str = "") -> str:
     fig.suptitle(title)
   fig.tight_layout()
   return images_lib.save_figure(fig, path)
+
+
+def run(model, config, context) -> dict:
+  """The ``s_sweep`` evaluation: :func:`noise_scale_sweep` over
+  ``config.scales`` on the dataset classifier's features (``config``:
+  ``num_samples``, ``tune_size``, ``bpd_draws``), and ``sweep.png``."""
+  r = noise_scale_sweep(
+      model, context.classifier_features(), model.config.data,
+      scales=config.scales, num_samples=config.num_samples,
+      tune_size=config.tune_size, key=context.key,
+      batch_size=context.batch_size, bpd_draws=config.bpd_draws,
+      mesh=context.mesh, seed=context.seed, progress=context.progress)
+  path = plot_sweep({context.name: r}, fileio.join(context.outdir, "sweep.png"),
+                    title=context.name)
+  common = dict(command=context.command, num_samples=r["num_samples"],
+                num_reference=r["num_eval_images"], tune_split=r["tune_split"],
+                tune_size=r["tune_size"], features="classifier")
+  out = {metrics.FD.format(features="classifier"): metrics.registry_metric(
+      r["fd_eval_at_s_star"], s_star=r["s_star"], **common)}
+  if r["fd_eval_at_s1"] is not None:
+    out[metrics.FD_S1.format(features="classifier")] = metrics.registry_metric(
+        r["fd_eval_at_s1"], noise_scale=1.0, **common)
+  return {"results": r, "metrics": out, "files": [path],
+          "summary": f"s* = {r['s_star']:.3f} (on train), test FD "
+                     f"{r['fd_eval_at_s_star']:.3f}"}

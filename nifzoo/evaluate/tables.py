@@ -5,20 +5,15 @@ train subsample), with s* and the FD at s = 1. Table 2: test bits/dim at s = 1.
 The paper's own numbers stand beside ours where the model has them (paper
 models: Inception FID, 25,000 samples, 3-bit data; docs/math.md §6).
 
-Inputs are registry-style metric dicts (``{metric: {"value", ...}}``, see
-:data:`METRICS`), so the tables can be made from registry entries or straight
-from ``launch/evaluate.py``'s output.
+Inputs are registry-style metric dicts (``{metric: {"value", ...}}``, named
+as in ``nifzoo.evaluate.metrics``), so the tables can be made from registry
+entries or straight from an evaluation job's output.
 """
 
 from __future__ import annotations
 
 from nifzoo import fileio
-
-# Metric names written by launch/evaluate.py (and into registry entries).
-BPD = "test_bits_per_dim"
-FD = "test_fd_{features}"              # at s*, with "s_star", counts
-FD_S1 = "test_fd_{features}_s1"
-PROBE = "test_probe_accuracy"
+from nifzoo.evaluate import metrics as metrics_lib
 
 
 def _value(metrics: dict, name: str):
@@ -31,15 +26,15 @@ def table_rows(models: dict, features: str = "classifier") -> list[dict]:
   rows = []
   for name, m in models.items():
     metrics, paper = m.get("metrics", {}), m.get("paper") or {}
-    fd = metrics.get(FD.format(features=features), {})
+    fd = metrics.get(metrics_lib.FD.format(features=features), {})
     rows.append({
         "name": name,
         "fd": fd.get("value"), "s_star": fd.get("s_star"),
-        "fd_s1": _value(metrics, FD_S1.format(features=features)),
+        "fd_s1": _value(metrics, metrics_lib.FD_S1.format(features=features)),
         "fd_num_samples": fd.get("num_samples"),
         "fd_num_reference": fd.get("num_reference"),
-        "bits_per_dim": _value(metrics, BPD),
-        "probe_accuracy": _value(metrics, PROBE),
+        "bits_per_dim": _value(metrics, metrics_lib.BPD),
+        "probe_accuracy": _value(metrics, metrics_lib.PROBE),
         "paper_fid": paper.get("fid"), "paper_bits_per_dim": paper.get("bits_per_dim"),
         "features": features,
     })

@@ -1,0 +1,292 @@
+"""Evaluation jobs (nifzoo.evaluate.run): the config names the evaluations and
+their settings, the metrics come from the one builder; end to end on a tiny
+registry entry (metrics.json, PNGs, the metrics written into the entry); the
+results page's claims."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import pytest
+from PIL import Image
+
+from nifzoo import configs
+from nifzoo import evaluate
+from nifzoo import models
+from nifzoo import registry
+from nifzoo import zoo
+from nifzoo.evaluate import claims
+from nifzoo.evaluate import classifier
+from nifzoo.evaluate import config as config_lib
+from nifzoo.evaluate import inception
+from nifzoo.evaluate import job
+from nifzoo.evaluate import metrics
+from nifzoo.train import loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+  """An untrained tiny NIF-4 (initialised on test images) as ``zoo.load``
+  returns a workdir's model: its config, no registry entry."""
+  c = configs.get_config("digits-nif4,tiny")
+  m = models.build(c, rngs=models.seeded_rngs(0))
+  x, _ = classifier.load_split(c.data, "test", max_images=32)
+  m.initialize(jnp.asarray(x))
+  m.config, m.entry = ml_collections.FrozenConfigDict(c), None
+  return m
+
+
+# ------------------------------------------------------------------ config
+
+
+def test_registry_metric_is_the_one_shape():
+  m = metrics.registry_metric(2.123456789, command="python x", digits=5,
+                              split="test", num_samples=None, num_draws=4)
+  assert m == {"value": 2.12346, "command": "python x", "split": "test",
+               "num_draws": 4}
+  assert metrics.registry_metric(0.98765, command="c")["value"] == 0.9877
+  r = {"bits_per_dim": 2.0000049, "split": "test", "num_images": 300,
+       "num_draws": 4, "noise_scale": 0.5, "num_samples": None}
+  assert metrics.bits_per_dim_metric(r, "c") == {"test_bits_per_dim_s0.5": {
+      "value": 2.0, "command": "c", "split": "test", "num_images": 300,
+      "num_draws": 4, "noise_scale": 0.5}}
+  assert metrics.bits_per_dim_metric(None, "c") == {}
+
+
+def test_config_names_evaluations_and_settings_it_knows():
+  assert tuple(job.EVALUATORS) == config_lib.EVALS  # One evaluator per name.
+  c = config_lib.get_config()
+  assert list(c.evals) == sorted(config_lib.DEFAULT_EVALS.split(","))
+  assert c.evals.s_sweep.scales[0] == 0.0 and len(c.evals.s_sweep.scales) == 15
+  with pytest.raises(ValueError, match=r"Unknown evals \['bogus'\]"):
+    config_lib.get_config("bpd,bogus")
+  with pytest.raises(ValueError, match=r"Unknown settings \['draws'\] of the 'bpd'"):
+    config_lib.resolve({"evals": {"bpd": {"draws": 2}}})
+  with pytest.raises(ValueError, match=r"Unknown evaluation job fields \['batch'\]"):
+    config_lib.resolve({"batch": 2})
+  with pytest.raises(ValueError, match="names no evaluation"):
+    config_lib.resolve({"evals": {}})
+  # A partial config: the rest at the defaults stated in config.py.
+  r = config_lib.resolve({"evals": {"fd": {}, "bpd": {"num_draws": 2}},
+                          "registry": "/r"})
+  assert r.evals.bpd.num_draws == 2 and r.evals.bpd.iw_samples is None
+  assert r.evals.fd.num_samples == 1000 and r.registry == ("/r",)
+  assert r.batch_size == 256 and "s_sweep" not in r.evals
+  # Shortcuts set the settings of the evaluations the job runs, and no others.
+  s = config_lib.with_shortcuts(r, num_samples=7, bpd_draws=3, seed=5,
+                                tune_size=None, registry=["/a", "/b"])
+  assert s.evals.fd.num_samples == 7 and s.evals.bpd.num_draws == 3
+  assert s.seed == 5 and s.registry == ("/a", "/b") and "fid" not in s.evals
+  assert r.evals.fd.num_samples == 1000  # Not changed in place.
+
+
+def test_job_gives_each_evaluator_its_settings_and_key(tiny_model, tmp_path,
+                                                       monkeypatch):
+  """A spy evaluator in place of two real ones sees its own settings, its own
+  key (fold_in(key(seed), index)) and the earlier evaluations' results; the
+  job runs them in the canonical order and writes what they return."""
+  seen = []
+
+  class Spy:
+    def __init__(self, name):
+      self.name = name
+
+    def run(self, model, settings, context):
+      seen.append((self.name, settings.to_dict(), context))
+      m = metrics.registry_metric(len(seen), command=context.command)
+      return {"results": {"earlier": sorted(context.results)},
+              "metrics": {f"spy_{self.name}": m}, "summary": "spied"}
+
+  monkeypatch.setitem(job.EVALUATORS, "fd", (Spy("fd"), 2))
+  monkeypatch.setitem(job.EVALUATORS, "bpd", (Spy("bpd"), 1))
+  out = evaluate.run(tiny_model, {
+      "evals": {"fd": {"num_samples": 12}, "bpd": {"num_draws": 2}},
+      "outdir": str(tmp_path), "seed": 3, "batch_size": 32, "progress": False,
+      "command": "python job"})
+  assert [s[0] for s in seen] == ["bpd", "fd"]
+  assert seen[0][1] == {"num_draws": 2, "iw_samples": None}
+  assert seen[1][1] == {"num_samples": 12}
+  for (_, _, ctx), index in zip(seen, (1, 2)):
+    assert ctx.batch_size == 32 and ctx.seed == 3 and ctx.command == "python job"
+    assert ctx.name == "digits-nif4" and ctx.outdir == str(tmp_path)
+    assert jnp.array_equal(jax.random.key_data(ctx.key), jax.random.key_data(
+        jax.random.fold_in(jax.random.key(3), index)))
+  assert out["evals"] == ["bpd", "fd"]
+  assert out["results"]["fd"] == {"earlier": ["bpd"]}
+  assert out["metrics"] == {"spy_bpd": {"value": 1, "command": "python job"},
+                            "spy_fd": {"value": 2, "command": "python job"}}
+  saved = json.load(open(tmp_path / "metrics.json"))
+  assert saved["metrics"] == out["metrics"]
+
+
+def test_job_refuses_what_it_cannot_run(tiny_model, tmp_path):
+  with pytest.raises(ValueError, match=r"Unknown evals \['bogus'\]"):
+    evaluate.run(tiny_model, {"evals": {"bogus": {}}, "outdir": str(tmp_path)})
+  with pytest.raises(ValueError, match="inception_weights"):
+    evaluate.run(tiny_model, {"evals": {"fid": {}}, "outdir": str(tmp_path)})
+  with pytest.raises(ValueError, match="config.outdir"):
+    evaluate.run(tiny_model, {"evals": {"bpd": {}}})
+  with pytest.raises(ValueError, match="needs a registry entry"):
+    evaluate.run(tiny_model, {"evals": {"bpd": {}}, "outdir": str(tmp_path),
+                              "write_metrics": str(tmp_path)})
+
+
+def test_bpd_evaluation_reports_the_split_and_its_metric(tiny_model, tmp_path):
+  out = evaluate.run(tiny_model, {"evals": {"bpd": {"num_draws": 2}},
+                                  "outdir": str(tmp_path), "batch_size": 64,
+                                  "progress": False, "command": "python c"})
+  r = out["results"]["bpd"]
+  # The protocol: the library's bits/dim with the job's key for bpd.
+  direct = evaluate.bits_per_dim(tiny_model, tiny_model.config.data, "test",
+                                 batch_size=64, num_draws=2,
+                                 key=jax.random.fold_in(jax.random.key(0), 1))
+  assert r == direct and r["num_images"] == 300
+  assert out["metrics"] == {"test_bits_per_dim": {
+      "value": round(r["bits_per_dim"], 5), "command": "python c",
+      "split": "test", "num_images": 300, "num_draws": 2, "noise_scale": 1.0}}
+
+
+def test_fid_scores_s1_and_the_sweeps_s_star(tiny_model, tmp_path, monkeypatch):
+  """fid after s_sweep (a stub giving s* = 0.5): FIDs at s = 1 and s*, the
+  metric at s*. The weights file is read by inception.load_inception, and
+  the features are 8 pixels (Inception itself: test_evaluate_inception.py)."""
+  class Sweep:
+    @staticmethod
+    def run(model, settings, context):
+      del model, settings, context
+      return {"results": {"s_star": 0.5}, "metrics": {}}
+
+  monkeypatch.setitem(job.EVALUATORS, "s_sweep", (Sweep, 3))
+  loaded = []
+  monkeypatch.setattr(inception, "load_inception", loaded.append)
+  monkeypatch.setattr(inception, "feature_fn",
+                      lambda net, mesh: lambda y: y.reshape(len(y), -1)[:, :8])
+  out = evaluate.run(tiny_model, {
+      "evals": {"s_sweep": {}, "fid": {"weights": "w.npz", "num_samples": 16}},
+      "outdir": str(tmp_path), "batch_size": 16, "progress": False,
+      "command": "c"})
+  r = out["results"]["fid"]
+  assert loaded == ["w.npz"] and sorted(r) == ["0.5", "1.0"]
+  assert r["0.5"]["features"] == "inception" and r["0.5"]["num_samples"] == 16
+  assert r["0.5"]["fd"] != r["1.0"]["fd"]
+  assert out["metrics"] == {"test_fid_inception": {
+      "value": round(r["0.5"]["fd"], 4), "command": "c", "noise_scale": 0.5,
+      "num_samples": 16, "num_reference": 300}}
+
+
+def test_launcher_names_an_unknown_evaluation():
+  """launch/evaluate.py builds the job from its flags before loading anything."""
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "launch", "evaluate.py"),
+       "--model=digits-nif4", "--outdir=/nonexistent", "--evals=bpd,bogus"],
+      capture_output=True, text=True, cwd=ROOT, timeout=300,
+      env={**os.environ, "PYTHONPATH": ROOT + os.pathsep
+           + os.environ.get("PYTHONPATH", "")})
+  assert proc.returncode != 0
+  assert "Unknown evals ['bogus']" in proc.stderr
+
+
+# ------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_entry(tmp_path_factory):
+  root = tmp_path_factory.mktemp("eval")
+  workdir, reg = str(root / "run"), str(root / "reg")
+  c = configs.get_config("digits-nif4,tiny")
+  c.total_steps, c.checkpoint_every, c.sample_every, c.log_every = 4, 4, 100, 4
+  loop.train_and_evaluate(c, workdir)
+  zoo.register(workdir, reg, name="digits-nif4-tiny", command="tiny run")
+  return reg, str(root)
+
+
+@pytest.mark.slow
+def test_evaluation_job_end_to_end(tiny_entry):
+  reg, root = tiny_entry
+  outdir = os.path.join(root, "out")
+  config = config_lib.get_config("bpd,fd,s_sweep,figures,embeddings")
+  config.evals.s_sweep.scales = (0.0, 1.0)
+  config.outdir, config.registry, config.write_metrics = outdir, (reg,), reg
+  config.batch_size, config.progress = 64, False
+  config.classifier_dir = os.path.join(ROOT, "registry", "checkpoints",
+                                       "digits-classifier")
+  config = config_lib.with_shortcuts(config, num_samples=32, tune_size=40,
+                                     bpd_draws=1, embedding_method="pca")
+  out = evaluate.run("digits-nif4-tiny", config)
+  saved = json.load(open(os.path.join(outdir, "metrics.json")))
+  assert saved["metrics"] == json.loads(json.dumps(out["metrics"]))
+  r = saved["results"]
+  assert r["bpd"]["num_images"] == 300 and r["bpd"]["noise_scale"] == 1.0
+  assert r["bpd"]["num_draws"] == 1 and r["fd"]["num_samples"] == 32
+  assert r["s_sweep"]["scales"] == [0.0, 1.0] and r["s_sweep"]["tune_split"] == "train"
+  assert r["s_sweep"]["tune_size"] == 40 and r["embeddings"]["figure_method"] == "PCA"
+  assert r["classifier"]["dataset"] == "digits"
+  for f in ("sweep.png", "temperature.png", "s_strip.png", "samples_s0.png",
+            "samples_s1.png", "reconstructions.png", "interpolations.png",
+            "embedding.png"):
+    assert Image.open(os.path.join(outdir, f)).format == "PNG", f
+  entry = registry.find("digits-nif4-tiny", reg)
+  for m in ("test_bits_per_dim", "test_fd_classifier", "test_fd_classifier_s1",
+            "test_probe_accuracy"):
+    assert m in entry.metrics, m
+    assert entry.metrics[m]["command"].startswith("python launch/evaluate.py")
+  assert entry.metrics["test_fd_classifier"]["s_star"] in (0.0, 1.0)
+  assert 0.0 <= entry.metrics["test_probe_accuracy"]["value"] <= 1.0
+
+
+# ------------------------------------------------------------------ claims
+
+
+def test_results_page_claims():
+  """The paper's claims are computed from the numbers."""
+  rows = {
+      "digits-nf": {"bits_per_dim": 2.10, "fd": 9.0, "fd_s1": 9.0, "s_star": 1.0,
+                    "probe_accuracy": 0.80},
+      "digits-nif4": {"bits_per_dim": 2.20, "fd": 8.0, "fd_s1": 8.5, "s_star": 0.9,
+                      "probe_accuracy": 0.85},
+      "digits-nif16": {"bits_per_dim": 2.12, "fd": 9.5, "fd_s1": 9.6, "s_star": 1.2,
+                       "probe_accuracy": 0.70},
+  }
+  v = claims.claims(rows, nf="digits-nf")
+  assert not v["bpd"]["digits-nif4"]["within_2_percent"]   # +4.8 %
+  assert v["bpd"]["digits-nif16"]["within_2_percent"]      # +1.0 %
+  assert v["fd"]["digits-nif4"]["nif_better"] and not v["fd"]["digits-nif16"]["nif_better"]
+  assert v["probe"]["digits-nif4"]["nif_better"]
+  assert not v["probe"]["digits-nif16"]["nif_better"]
+  text = claims.markdown(v, dataset="digits", repeats=5, pixel_probe=0.9)
+  assert text.startswith("## The paper's claims on digits")
+  assert "`digits-nif4`: 2.2000 vs NF 2.1000 (+4.76%): **no**" in text
+  assert "raw pixels: 90.0%" in text
+
+
+def test_results_page_compares_the_deep_nif_with_nif_k():
+  """A deep NIF is compared with the NIF-k of its k (not listed under the
+  NF claims); the FD verdict uses the spread over sample draws."""
+  row = lambda bpd, fd, s: {"bits_per_dim": bpd, "fd": fd, "fd_s1": fd,
+                            "s_star": s, "probe_accuracy": 0.8}
+  rows = {"digits-nf": row(2.13, 9.0, 1.0), "digits-nif8": row(2.13, 9.5, 1.0),
+          "digits-deepnif8": row(2.11, 8.0, 1.1)}
+  spread = {"digits-nf": {"s_star": {"mean": 9.0, "std": 0.5}},
+            "digits-nif8": {"s_star": {"mean": 9.5, "std": 0.5}},
+            "digits-deepnif8": {"s_star": {"mean": 8.8, "std": 0.2}}}
+  iw = {"digits-deepnif8": {"num_samples": [1, 16, 256],
+                            "bits_per_dim_by_n": [2.2, 2.11, 2.105]}}
+  v = claims.claims(rows, spread, iw, nf="digits-nf")
+  assert "digits-deepnif8" not in v["bpd"] and "digits-deepnif8" not in v["fd"]
+  d = v["deep_nif"]["digits-deepnif8"]
+  assert d["nif"] == "digits-nif8" and d["bpd_n256"] == 2.105
+  assert d["bpd_better"] and d["fd_better"]
+  assert not d["fd_beyond_2_std"]   # |8.8 - 9.5| = 0.7 <= 2 * 0.5
+  spread["digits-deepnif8"]["s_star"]["mean"] = 12.0
+  v = claims.claims(rows, spread, iw, nf="digits-nf")
+  assert not v["deep_nif"]["digits-deepnif8"]["fd_better"]
+  assert v["deep_nif"]["digits-deepnif8"]["fd_beyond_2_std"]
+  text = claims.markdown(v, dataset="digits", repeats=5, pixel_probe=0.9)
+  assert "## The deep NIF against NIF-k" in text
+  assert "| `digits-deepnif8` | 2.1100 | 2.1050 | `digits-nif8` | 2.1300 |" in text
