@@ -35,6 +35,7 @@ def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
   from nifzoo import cards, convert, evaluate, registry, zoo  # pylint: disable=g-import-not-at-top
+  from nifzoo.evaluate import metrics  # pylint: disable=g-import-not-at-top
 
   nf = zoo.load(_FROM.value, registry=_REGISTRY.value)
   model, report = convert.nf_to_nif(nf, _K.value, noise=_NOISE.value,
@@ -51,7 +52,7 @@ def main(argv):
                                    key=jax.random.key(config.seed + 3))
     path = registry.register(
         _OUT.value, _REGISTER.value, name=_NAME.value or config.name,
-        metrics=zoo.eval_metrics(result, command),
+        metrics=metrics.bits_per_dim_metric(result, command),
         card=converted_card(config, report),
         training={"command": command, "steps": 0,
                   "wall_time_s": report["seconds"],

@@ -47,7 +47,7 @@ def _run(cmd):
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
-  from nifzoo import evaluate, registry, zoo  # pylint: disable=g-import-not-at-top
+  from nifzoo import cards, evaluate, registry, zoo  # pylint: disable=g-import-not-at-top
   from nifzoo.evaluate import metrics  # pylint: disable=g-import-not-at-top
   os.chdir(_ROOT)
   command = " ".join(["python", "launch/convert_digits.py"] + sys.argv[1:])
@@ -150,7 +150,7 @@ def main(argv):
   with open(_OUT.value + ".md", "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))
-  zoo.update_readme_table("README.md", registry=_REGISTRY.value)
+  cards.update_readme_table("README.md", registry.all_entries(registry=_REGISTRY.value))
 
 
 if __name__ == "__main__":

@@ -166,7 +166,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from nifzoo import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from nifzoo import zoo  # pylint: disable=g-import-not-at-top
+  from nifzoo import cards, zoo  # pylint: disable=g-import-not-at-top
   from nifzoo import evaluate  # pylint: disable=g-import-not-at-top
   from nifzoo.evaluate import classifier as classifier_lib  # pylint: disable=g-import-not-at-top
   from nifzoo.evaluate import fd as fd_lib, figures, frechet, metrics, probe, sweep, tables  # pylint: disable=g-import-not-at-top
@@ -269,7 +269,7 @@ def main(argv):
   iw_bounds = {n: m.entry.metrics.get(metrics.IW_BOUND)
                for n, m in loaded.items() if m.entry is not None}
   verdict = claims_lib.claims(by_name, spread, iw_bounds, nf=NF)
-  extra = {"wall_time_s": time.time() - t0, "hardware": zoo.hardware_string(),
+  extra = {"wall_time_s": time.time() - t0, "hardware": cards.hardware_string(),
            "bpd_draws": config.evals.bpd.num_draws, "num_samples": num_samples,
            "tune_size": sw["tune_size"], "fd_real": fd_real,
            "classifier_accuracy": clf_info["test_accuracy"],

@@ -67,11 +67,12 @@ def main(argv):
   wall = time.time() - t0
   logging.info("Done in %.0f s: %s", wall, result)
   if _REGISTER.value:  # On every process: the export is a collective save.
-    from nifzoo import cards, registry, zoo  # pylint: disable=g-import-not-at-top
+    from nifzoo import cards, registry  # pylint: disable=g-import-not-at-top
+    from nifzoo.evaluate import metrics  # pylint: disable=g-import-not-at-top
     command = " ".join(["python"] + sys.argv)
     path = registry.register(
         _WORKDIR.value, _REGISTER.value, name=_NAME.value,
-        metrics=zoo.eval_metrics(result.get("test_eval"), command),
+        metrics=metrics.bits_per_dim_metric(result.get("test_eval"), command),
         training={"command": command, "steps": int(_CONFIG.value.total_steps),
                   "wall_time_s": round(wall, 1),
                   "hardware": cards.hardware_string(),

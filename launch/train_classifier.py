@@ -29,7 +29,7 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir (not for digits
 
 def main(argv):
   del argv
-  from nifzoo import configs, registry  # pylint: disable=g-import-not-at-top
+  from nifzoo import configs, variables  # pylint: disable=g-import-not-at-top
   from nifzoo.evaluate import classifier  # pylint: disable=g-import-not-at-top
   data_config = configs.get_config(
       f"{_DATASET.value}-nf").data  # Any model of the dataset: same data config.
@@ -41,7 +41,7 @@ def main(argv):
       data_config, hidden=tuple(int(h) for h in _HIDDEN.value),
       steps=_STEPS.value, seed=_SEED.value)
   classifier.save_classifier(model, outdir, info)
-  info["sha256"] = registry.hash_directory(os.path.join(outdir, classifier.STATE_DIR))
+  info["sha256"] = variables.hash_directory(os.path.join(outdir, classifier.STATE_DIR))
   info["command"] = "python launch/train_classifier.py " + " ".join(sys.argv[1:])
   classifier.write_info(outdir, info)
   print(f"{outdir}: test accuracy {info['test_accuracy']:.4f} "

@@ -53,8 +53,6 @@ from nifzoo import configs
 from nifzoo import fileio
 from nifzoo import models
 from nifzoo import variables as variables_lib
-# The hash an entry records for its checkpoint (also the classifier's).
-from nifzoo.variables import hash_directory  # noqa: F401
 
 SCHEMA_VERSION = 1
 ENV_VAR = "NIFZOO_REGISTRY"

@@ -212,16 +212,3 @@ def verify_hash(path: str, expected: str, where: str) -> None:
         f"(expected {expected}, found {got}): it was modified, truncated or "
         f"replaced. Refusing to load it.")
 
-
-def eval_metrics(result: dict | None, command: str) -> dict:
-  """A registry ``metrics`` dict from an ``evaluate.bits_per_dim`` result."""
-  if not result:
-    return {}
-  name = f"{result['split']}_bits_per_dim"
-  if result["noise_scale"] != 1.0:
-    name += f"_s{result['noise_scale']:g}"
-  return {name: {"value": round(float(result["bits_per_dim"]), 5),
-                 "command": command,
-                 **{k: result[k] for k in ("split", "num_images", "num_draws",
-                                           "noise_scale", "num_samples")
-                    if result.get(k) is not None}}}

@@ -25,6 +25,7 @@ from nifzoo import fileio
 from nifzoo import registry
 from nifzoo import variables
 from nifzoo import zoo
+from nifzoo.evaluate import metrics
 from nifzoo.train import checkpoint as ckpt_lib
 from nifzoo.train import loop
 from nifzoo.train import writers
@@ -60,7 +61,7 @@ def gs_run(gcs, tmp_path_factory):
     workdir, reg = gcs.prefix("run"), gcs.prefix("reg")
     result = loop.train_and_evaluate(_tiny(4), workdir)
     registry.register(workdir, reg, name=NAME, command="pytest",
-                      metrics=zoo.eval_metrics(result["test_eval"], "pytest"))
+                      metrics=metrics.bits_per_dim_metric(result["test_eval"], "pytest"))
     assert not os.listdir("."), os.listdir(".")  # Nothing went to the local disk.
   finally:
     os.chdir(cwd)

@@ -202,7 +202,7 @@ def tiny_entry(tmp_path_factory):
   c = configs.get_config("digits-nif4,tiny")
   c.total_steps, c.checkpoint_every, c.sample_every, c.log_every = 4, 4, 100, 4
   loop.train_and_evaluate(c, workdir)
-  zoo.register(workdir, reg, name="digits-nif4-tiny", command="tiny run")
+  registry.register(workdir, reg, name="digits-nif4-tiny", command="tiny run")
   return reg, str(root)
 
 

@@ -18,6 +18,7 @@ from nifzoo import models
 from nifzoo import registry
 from nifzoo import variables
 from nifzoo import zoo
+from nifzoo.evaluate import metrics
 from nifzoo.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +37,7 @@ def trained(tmp_path_factory):
   c.total_steps, c.checkpoint_every, c.sample_every, c.log_every = 4, 4, 100, 4
   result = loop.train_and_evaluate(c, workdir)
   registry.register(workdir, reg, name="digits-nif4-mine",
-                    metrics=zoo.eval_metrics(result["test_eval"], "pytest"),
+                    metrics=metrics.bits_per_dim_metric(result["test_eval"], "pytest"),
                     command="pytest")
   return workdir, reg, result
 

@@ -219,11 +219,11 @@ def load_features(directory: str | None, data_config, mesh=None):
   """(feature_fn, info) of the classifier at ``directory`` (default: the
   registry's for ``data_config.name``), checked against its hash and the
   dataset's image shape."""
-  from nifzoo import registry  # pylint: disable=g-import-not-at-top
+  from nifzoo import variables  # pylint: disable=g-import-not-at-top
   d = directory or default_dir(data_config.name)
   clf, info = load_classifier(d)
   if "sha256" in info:
-    got = registry.hash_directory(os.path.join(d, STATE_DIR))
+    got = variables.hash_directory(os.path.join(d, STATE_DIR))
     if got != info["sha256"]:
       raise ValueError(f"The classifier at {d} does not match its hash "
                        f"({got} != {info['sha256']}): the files changed.")

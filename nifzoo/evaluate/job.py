@@ -107,7 +107,7 @@ def run(model, config=None, *, mesh=None) -> dict:
     raise ValueError(
         f"--write_metrics needs a registry entry, but {source or name} is a "
         "workdir: register it first (launch/train.py --register=<dir>, or "
-        "zoo.register) and evaluate it by name.")
+        "registry.register) and evaluate it by name.")
   outdir = str(fileio.as_path(config.outdir))  # Local or gs://.
   fileio.as_path(outdir).mkdir(parents=True, exist_ok=True)
   t0 = time.time()
