@@ -199,8 +199,11 @@ def test_deep_nif_bound_approaches_dense_marginal(digits_batch):
 
 def test_total_log_det_equals_jacfwd():
   """Dequantised pixels -> logit -> Glow on a 4x4x1 toy, against jax.jacfwd."""
-  model = models.ImageFlow((4, 4, 1), 8, prior="nif", latent_dim=3, num_scales=2,
-                           steps_per_scale=2, width=8, rngs=rngs(0))
+  m = dict(configs.model_defaults(), num_scales=2, steps_per_scale=2, width=8)
+  for field in ("prior", "latent_dim", *models.priors.FIELDS):
+    m.pop(field, None)
+  model = models.ImageFlow((4, 4, 1), 8, prior=models.NIFPrior(3, True, "learned"),
+                           **m, rngs=rngs(0))
   x = jax.random.randint(jax.random.key(0), (3, 4, 4, 1), 0, 8)
   model.initialize(x)
   _perturb(model, 0.1, seed=5)
@@ -250,5 +253,7 @@ def test_bad_input_is_named(digits_batch):
     model.encode(digits_batch, kind="mean")
   with pytest.raises(ValueError, match="z must have shape"):
     model.decode(jnp.zeros((2, 5)))
-  with pytest.raises(ValueError, match="prior"):
-    models.ImageFlow((8, 8, 1), 17, prior="gmm", rngs=rngs(0))
+  c = _config("nif")
+  c.model.prior = "gmm"
+  with pytest.raises(ValueError, match="prior must be one of"):
+    models.build(c, rngs=rngs(0))
