@@ -7,8 +7,8 @@ The math lives in pure functions of ``(op, b, log_var, x, s)``, where ``op`` is 
 linear map A wrapped as a :mod:`nifzoo.nif.linalg` operator (:class:`DenseLinear` for
 a dense (D, k) matrix, :class:`NearestUpsample` for §3). ``b`` and ``log_var`` have the
 data shape, or a leading batch axis for per-example values (the stochastic coupling,
-§4). They are written once and used by :class:`GaussianNIF`, :class:`UpsampleNIF` and
-the couplings. Notation (§1): r = x − b, G = AᵀΣ⁻¹A, u = AᵀΣ⁻¹r, μ = G⁻¹u,
+§4). They are written once and used by :class:`GaussianNIF` and by
+:mod:`nifzoo.experimental`'s upsampling NIF and couplings. Notation (§1): r = x − b, G = AᵀΣ⁻¹A, u = AᵀΣ⁻¹r, μ = G⁻¹u,
 e = r − Aμ; with the noise scale, Σ → s²Σ, G → G/s², M = I + G/s².
 
 The pure functions do not validate; the modules' public methods do.
