@@ -32,8 +32,8 @@ import numpy as np
 from flax import nnx
 
 from nifzoo.nif import GaussianNIF
-from nifzoo.nif import StochasticCoupling
-from nifzoo.nif import UpsampleNIF
+from nifzoo.experimental import StochasticCoupling
+from nifzoo.experimental import UpsampleNIF
 
 BATCH = 32
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "nif_logprob.json"

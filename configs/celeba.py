@@ -1,5 +1,6 @@
-"""celeba models: `get_config(arg)` with arg = "<model>[,overrides]" (see nifzoo/configs.py).
+"""CelebA (64x64x3) models, the paper's recipe (`nifzoo.configs.base_config`).
 
+`get_config(arg)`, arg = "<model>[,overrides]" (nifzoo/configs.py).
 Models: nf, nif64, nif128, nif256, nif512, deepnif128.
 Example: `python launch/train.py --config=configs/celeba.py:nif64,tiny --workdir=/tmp/run`.
 """
@@ -8,4 +9,5 @@ from nifzoo import configs
 
 
 def get_config(arg=None):
-  return configs.build_config("celeba", arg)
+  model, overrides = configs.parse_arg("celeba", arg)
+  return configs.override(configs.base_config("celeba", model), overrides)

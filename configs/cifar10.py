@@ -1,5 +1,6 @@
-"""cifar10 models: `get_config(arg)` with arg = "<model>[,overrides]" (see nifzoo/configs.py).
+"""CIFAR-10 (32x32x3) models, the paper's recipe (`nifzoo.configs.base_config`).
 
+`get_config(arg)`, arg = "<model>[,overrides]" (nifzoo/configs.py).
 Models: nf, nif64, nif128, nif256, nif512.
 Example: `python launch/train.py --config=configs/cifar10.py:nif64,tiny --workdir=/tmp/run`.
 """
@@ -8,4 +9,5 @@ from nifzoo import configs
 
 
 def get_config(arg=None):
-  return configs.build_config("cifar10", arg)
+  model, overrides = configs.parse_arg("cifar10", arg)
+  return configs.override(configs.base_config("cifar10", model), overrides)

@@ -99,8 +99,8 @@ def check_real_scalar(s, name: str):
   return s
 
 
-def check_noise_scale(s, name: str = "noise_scale"):
-  """The test-time noise scale s must be a real number >= 0.
+def check_nonnegative(s, name: str):
+  """Requires a finite real scalar >= 0 named ``name``.
 
   The type is checked always; the value when concrete, or under :func:`checked`.
   """
@@ -115,6 +115,16 @@ def check_noise_scale(s, name: str = "noise_scale"):
     value_check(jnp.all(jnp.isfinite(s) & (s >= 0)),
                 f"{name} must be a finite number >= 0, got {{s}}.", s=s)
   return s
+
+
+def check_noise_scale(s):
+  """The test-time noise scale s (Σ -> s²Σ) must be a finite real number >= 0."""
+  return check_nonnegative(s, "noise_scale")
+
+
+def check_temperature(t):
+  """The sampling temperature T (z = T eps) must be a finite real number >= 0."""
+  return check_nonnegative(t, "temperature")
 
 
 def check_finite(x, name: str):

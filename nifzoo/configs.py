@@ -1,9 +1,12 @@
 """Every model of the zoo by name: ``<dataset>-<model>`` -> ``ml_collections`` config.
 
-The files in ``configs/`` are thin big_vision-style entry points
-(``get_config(arg)``) over :func:`build_config`; registry names such as
-``"celeba-nif128"`` resolve through :func:`get_config`. An ``arg`` is a model
-name plus optional comma-separated overrides, e.g. ``"nif128"``,
+Each dataset's recipe is its big_vision-style config file,
+``configs/<dataset>.py`` (``get_config(arg)``): the paper's recipe
+(:func:`base_config`, every model field's default in :func:`model_defaults`),
+what the dataset changes, then the arg's overrides (:func:`override`).
+Registry names such as ``"celeba-nif128"`` resolve through :func:`get_config`.
+An ``arg`` is a model name plus optional comma-separated overrides, presets
+(:data:`PRESETS`) or ``key=value`` shortcuts, e.g. ``"nif128"``,
 ``"nif64,tiny"``, ``"nf,bits=5"``, ``"nif16,steps=2,width=16"``.
 
 Paper values (docs/math.md §5): 3-bit data, 16 steps per scale,
@@ -15,6 +18,9 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib.resources
+import importlib.util
+import pathlib
 import re
 
 import ml_collections
@@ -31,6 +37,9 @@ MODELS = {
     "celeba": ("nf", "nif64", "nif128", "nif256", "nif512", "deepnif128"),
     "digits": ("nf", "nif4", "nif8", "nif16", "nif32", "deepnif8", "deepnif16"),
 }
+
+_CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+_RECIPES = {}  # dataset -> its config file's module.
 
 _MODEL_RE = re.compile(r"^(nf|nif(\d+)|deepnif(\d+))$")
 
@@ -55,6 +64,20 @@ _SHORTCUTS = {
 }
 
 
+# Named sets of overrides. "tiny" shrinks any model and its run for tests and
+# smoke runs.
+PRESETS = {
+    "tiny": {
+        "model.steps_per_scale": 2, "model.width": 8, "model.lowdim_layers": 2,
+        "model.lowdim_hidden": 16, "model.lowdim_depth": 2,
+        "model.num_iw_samples": 4, "batch_size": 8, "total_steps": 20,
+        "warmup_steps": 5, "checkpoint_every": 10, "log_every": 5,
+        "sample_every": 10, "num_sample_images": 16, "eval_batches": 2,
+        "eval_num_draws": 1,
+    },
+}
+
+
 def names(pattern: str = "*") -> list[str]:
   """All registry names (``fmnist-nf`` ... ``digits-nif32``) matching a glob."""
   out = [f"{ds}-{m}" for ds, models in MODELS.items() for m in models]
@@ -74,7 +97,24 @@ def get_config(name: str) -> ml_collections.ConfigDict:
   dataset, _, model = base.partition("-")
   if dataset not in MODELS or model not in MODELS[dataset]:
     raise _unknown("model name", base, names())
-  return build_config(dataset, model + ("," + overrides if overrides else ""))
+  return recipe(dataset).get_config(model + ("," + overrides if overrides else ""))
+
+
+def recipe(dataset: str):
+  """The config file of ``dataset`` (``configs/<dataset>.py``) as a module.
+
+  From the source tree, or from the installed package ``nifzoo._configs``.
+  """
+  if dataset not in _RECIPES:
+    path = _CONFIG_DIR / f"{dataset}.py"
+    if not path.exists():
+      path = importlib.resources.files("nifzoo._configs") / f"{dataset}.py"
+    spec = importlib.util.spec_from_file_location(
+        f"nifzoo._configs.{dataset}", str(path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _RECIPES[dataset] = module
+  return _RECIPES[dataset]
 
 
 def _parse_value(text: str):
@@ -88,34 +128,33 @@ def _parse_value(text: str):
   return None if text.lower() == "none" else text
 
 
-def build_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigDict:
-  """The config for ``dataset`` and ``arg`` = ``"<model>[,override...]"``."""
+def parse_arg(dataset: str, arg: str | None) -> tuple[str, list[str]]:
+  """``"<model>[,override...]"`` -> (model, overrides); default model: the
+  dataset's first."""
   if dataset not in MODELS:
     raise _unknown("dataset", dataset, MODELS)
-  info, models = data_config.DATASETS[dataset], MODELS[dataset]
-  parts = [p.strip() for p in (arg or models[0]).split(",") if p.strip()]
-  model = parts[0]
+  models = MODELS[dataset]
+  model, *overrides = [p.strip() for p in (arg or models[0]).split(",")
+                       if p.strip()]
   if model not in models:
     raise _unknown(f"model for dataset {dataset!r}", model, models)
-  kind, latent = _model_kind(model)
+  return model, overrides
 
-  c = ml_collections.ConfigDict()
-  c.name = f"{dataset}-{model}"
-  c.dataset = dataset
 
-  # ---------------------------------------------------------------- data
-  # 3-bit data for the paper datasets, 17 grey levels for digits; standard
-  # splits ("paper": the authors' 60/20/20 re-split); CelebA preprocessing
-  # "authors" (every other pixel + crop) or "center_crop".
-  c.data = data_config.default_data_config(info.name)
+def model_defaults() -> ml_collections.ConfigDict:
+  """Every ``config.model`` field at its default, stated once.
 
-  # ---------------------------------------------------------------- model
-  m = c.model = ml_collections.ConfigDict()
-  m.prior = kind                    # "normal" (NF) | "nif" | "deepnif".
-  m.latent_dim = latent             # k (0 for the NF baseline).
-  m.num_scales = info.num_scales
+  ``prior``, ``latent_dim`` and ``num_scales`` come from the model name and
+  the dataset (:func:`base_config`). A field added later must default to what
+  the code computed before it existed: a checkpoint that does not record it
+  then loads at the default (``models.wiring_differences``).
+  """
+  m = ml_collections.ConfigDict()
+  m.prior = ml_collections.config_dict.placeholder(str)  # "normal" | "nif" | "deepnif".
+  m.latent_dim = ml_collections.config_dict.placeholder(int)  # k (0 for the NF).
+  m.num_scales = ml_collections.config_dict.placeholder(int)
   m.steps_per_scale = 16
-  m.width = 512 if kind == "deepnif" else 256  # Deep NIF: 512 channels (App. B.4).
+  m.width = 256
   # Invertible 1x1 conv: "lu" is Glow's (the paper builds on Glow); the authors'
   # code used "colnorm" (column-normalised, orthogonal init). Same parameter count.
   m.conv = "lu"
@@ -125,6 +164,7 @@ def build_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigD
   m.logit_lambda = 0.05
   # Sampling noise: "learned" uses the learned Sigma (the math); the authors'
   # sampler added isotropic noise ("isotropic"), which made the paper's FIDs.
+  # Their deep-NIF sampler used the learned Sigma.
   m.sample_noise = "learned"
   # The paper's NIF has a bias b (x = Az + b + eps); the authors' code had none.
   m.nif_bias = True
@@ -144,18 +184,41 @@ def build_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigD
   # Deep NIF low-dimensional flow (App. B.4) and its importance-weighted bound.
   # The paper says "4-layer, 1024-unit MLP"; the authors' code has 3 hidden
   # layers of 1024 plus the output layer: lowdim_depth counts hidden layers.
-  # Their deep-NIF sampler used the learned Sigma (sample_noise "learned");
-  # only their NIF-k sampler was isotropic.
   m.lowdim_layers = 10
   m.lowdim_hidden = 1024
   m.lowdim_depth = 3
   m.num_iw_samples = 16             # N in training (authors: 16).
   # Where the paper is silent, the authors' code: every ActNorm is initialised
   # from one batch (theirs: 1,000 images, and only the first ActNorm of each
-  # scale, a bug; here every ActNorm, from one training batch); ActNorm's
-  # scale is 1 / (std + 1e-5) (flows/actnorm.py, ACTNORM_EPS).
+  # scale; here every ActNorm, from one training batch); ActNorm's scale is
+  # 1 / (std + 1e-5) (flows/actnorm.py, ACTNORM_EPS).
+  return m
 
-  # ---------------------------------------------------------------- training
+
+def base_config(dataset: str, model: str) -> ml_collections.ConfigDict:
+  """The paper's recipe for ``<dataset>-<model>``, before the dataset's file
+  (``configs/<dataset>.py``) changes what its models need."""
+  if dataset not in MODELS:
+    raise _unknown("dataset", dataset, MODELS)
+  info = data_config.DATASETS[dataset]
+  kind, latent = _model_kind(model)
+
+  c = ml_collections.ConfigDict()
+  c.name = f"{dataset}-{model}"
+  c.dataset = dataset
+
+  # 3-bit data for the paper datasets, 17 grey levels for digits; standard
+  # splits ("paper": the authors' 60/20/20 re-split); CelebA preprocessing
+  # "authors" (every other pixel + crop) or "center_crop".
+  c.data = data_config.default_data_config(info.name)
+
+  m = c.model = model_defaults()
+  m.prior = kind
+  m.latent_dim = latent
+  m.num_scales = info.num_scales
+  if kind == "deepnif":
+    m.width = 512  # The deep NIF's Glow: 512 channels (App. B.4).
+
   c.seed = 0
   c.batch_size = 32
   c.total_steps = 200_000
@@ -181,33 +244,15 @@ def build_config(dataset: str, arg: str | None = None) -> ml_collections.ConfigD
   # the last step: every test image once, eval_num_draws dequantisation draws.
   c.eval_batches = 10
   c.eval_num_draws = 1
+  return c
 
-  if dataset == "digits":
-    # Sized to train in about a minute on 2 CPU cores. 1,497 training images
-    # overfit quickly: width 64 or 2e-3 peaked at ~500 steps (test 2.13 bits/dim,
-    # 2.26 after 3,000); width 32 at 1e-3 reaches 2.10 at 2,000.
-    m.steps_per_scale = 4
-    m.width = 32
-    c.batch_size = 64
-    c.total_steps = 2_000
-    c.learning_rate = 1e-3
-    c.warmup_steps = 200
-    c.checkpoint_every = 500
-    c.log_every = 100
-    c.sample_every = 500
-    c.eval_batches = 4
-    c.eval_num_draws = 4
-    if kind == "deepnif":
-      # The deep NIF on digits: the same Glow as digits-nif<k> (not the
-      # paper's 512 channels), and a low-dim flow sized for k = 8 or 16
-      # (4 x [coupling with a 2-hidden-layer, 64-unit MLP -> ActNorm ->
-      # reverse]), trained with the N = 16 bound as in the paper.
-      m.lowdim_layers = 4
-      m.lowdim_hidden = 64
-      m.lowdim_depth = 2
 
-  for p in parts[1:]:
-    _apply_override(c, p)
+def override(c: ml_collections.ConfigDict,
+             overrides: list[str]) -> ml_collections.ConfigDict:
+  """Applies ``overrides`` (preset names of :data:`PRESETS`, or ``key=value``
+  with a key of the shortcuts) in order, then :func:`finalize`. Returns ``c``."""
+  for part in overrides:
+    _apply_override(c, part)
   return data_config.finalize(c)
 
 
@@ -223,30 +268,19 @@ def _model_kind(model: str) -> tuple[str, int]:
 
 
 def _apply_override(c: ml_collections.ConfigDict, part: str):
-  if part == "tiny":
-    # Shrinks the model and the run for tests and smoke runs.
-    m = c.model
-    m.steps_per_scale = 2
-    m.width = 8
-    m.lowdim_layers = 2
-    m.lowdim_hidden = 16
-    m.lowdim_depth = 2
-    m.num_iw_samples = 4
-    c.batch_size = 8
-    c.total_steps = 20
-    c.warmup_steps = 5
-    c.checkpoint_every = 10
-    c.log_every = 5
-    c.sample_every = 10
-    c.num_sample_images = 16
-    c.eval_batches = 2
-    c.eval_num_draws = 1
+  if part in PRESETS:
+    for key, value in PRESETS[part].items():
+      *parents, leaf = key.split(".")
+      node = c
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
     return
   key, eq, value = part.partition("=")
   if not eq or key not in _SHORTCUTS:
     raise ValueError(
-        f"Unknown config override {part!r}; use 'tiny' or key=value with key in "
-        f"{sorted(_SHORTCUTS)}.")
+        f"Unknown config override {part!r}; use a preset ({', '.join(PRESETS)}) "
+        f"or key=value with key in {sorted(_SHORTCUTS)}.")
   section, field = _SHORTCUTS[key]
   target = c if section is None else c[section]
   target[field] = _parse_value(value)

@@ -609,6 +609,7 @@ def _main(argv):
   import logging  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from nifzoo import configs  # pylint: disable=g-import-not-at-top
+  from nifzoo import models  # pylint: disable=g-import-not-at-top
   logging.getLogger("jax").setLevel(logging.WARNING)
   f = flags.FLAGS
   spec = f.config
@@ -638,7 +639,7 @@ def _main(argv):
           + (f" of {cap} GiB usable" if cap else "")
           + f" (arguments {_size(c.hbm['arguments'])}, temporaries "
             f"{_size(c.hbm['temp'])})")
-    if config.model.prior != "normal":
+    if models.PRIORS[config.model.prior].has_manifold:
       n = len(check_prior_precision(c.hlo_text))
       print(f"  the NIF prior's {n} products: all operand_precision=highest")
   else:

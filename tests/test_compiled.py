@@ -62,17 +62,17 @@ K1, K2 = jax.random.key(1), jax.random.key(2)
 # name -> f(model, x, z) with x images, z latents; every public method.
 CALLS = {
     "log_prob": lambda m, x, z: m.log_prob(x, key=K1, noise_scale=0.5),
-    "log_prob_nokey": lambda m, x, z: m.log_prob(x) if m.prior != "deepnif" else m.log_prob(x, key=K2),
+    "log_prob_nokey": lambda m, x, z: m.log_prob(x) if m.prior.exact_density else m.log_prob(x, key=K2),
     "bits_per_dim": lambda m, x, z: m.bits_per_dim(x, key=K1),
     "encode": lambda m, x, z: m.encode(x),
-    "encode_posterior": lambda m, x, z: m.encode(x, kind="posterior", noise_scale=0.3) if m.prior != "deepnif" else m.encode(x),
+    "encode_posterior": lambda m, x, z: m.encode(x, kind="posterior", noise_scale=0.3) if m.prior.exact_density else m.encode(x),
     "decode": lambda m, x, z: m.decode(z, key=K1, noise_scale=0.7, output="continuous"),
     "reconstruct": lambda m, x, z: m.reconstruct(x, output="continuous"),
     "sample": lambda m, x, z: m.sample(K1, 8, temperature=0.9, noise_scale=0.5, output="continuous"),
     "sample_latent": lambda m, x, z: m.sample_latent(K2, 8, temperature=0.8),
     "flow_latent": lambda m, x, z: m.flow_latent(x, key=K1),
     "flow_inverse": lambda m, x, z: m.flow_inverse(
-        jnp.tile(z, (1, 4)) if m.prior != "normal" else z, output="continuous"),
+        jnp.tile(z, (1, 4)) if m.prior.has_manifold else z, output="continuous"),
 }
 
 

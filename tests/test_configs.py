@@ -144,3 +144,26 @@ def test_dataset_facts_are_in_one_place():
     c = configs.get_config(f"{short}-nf")
     assert tuple(c.data.image_shape) == info.image_shape
     assert c.model.num_scales == info.num_scales and c.data.name == info.name
+
+
+def test_config_files_and_names_agree():
+  """``--config=configs/<ds>.py:<arg>`` and ``configs.get_config("<ds>-<arg>")``
+  are one recipe (the file), the tiny preset and shortcuts applied in order."""
+  import importlib.util
+  import os
+  path = os.path.join(os.path.dirname(__file__), "..", "configs", "digits.py")
+  spec = importlib.util.spec_from_file_location("digits_cfg", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  for arg in ("nif16", "nif16,tiny", "deepnif8,tiny,width=4", "nf,k=3"):
+    assert mod.get_config(arg).to_dict() == configs.get_config(f"digits-{arg}").to_dict()
+  tiny = configs.get_config("digits-nif16,tiny")
+  for key, value in configs.PRESETS["tiny"].items():
+    node = tiny
+    for part in key.split("."):
+      node = node[part]
+    assert node == value, key
+  c = configs.get_config("digits-deepnif16")
+  assert (c.model.width, c.model.lowdim_hidden) == (32, 64)
+  assert configs.get_config("digits-nif16").model.lowdim_hidden == 1024
+  assert configs.get_config("celeba-deepnif128").model.width == 512

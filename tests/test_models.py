@@ -199,8 +199,11 @@ def test_deep_nif_bound_approaches_dense_marginal(digits_batch):
 
 def test_total_log_det_equals_jacfwd():
   """Dequantised pixels -> logit -> Glow on a 4x4x1 toy, against jax.jacfwd."""
-  model = models.ImageFlow((4, 4, 1), 8, prior="nif", latent_dim=3, num_scales=2,
-                           steps_per_scale=2, width=8, rngs=rngs(0))
+  m = dict(configs.model_defaults(), num_scales=2, steps_per_scale=2, width=8)
+  for field in ("prior", "latent_dim", *models.priors.FIELDS):
+    m.pop(field, None)
+  model = models.ImageFlow((4, 4, 1), 8, prior=models.NIFPrior(3, True, "learned"),
+                           **m, rngs=rngs(0))
   x = jax.random.randint(jax.random.key(0), (3, 4, 4, 1), 0, 8)
   model.initialize(x)
   _perturb(model, 0.1, seed=5)
@@ -250,5 +253,50 @@ def test_bad_input_is_named(digits_batch):
     model.encode(digits_batch, kind="mean")
   with pytest.raises(ValueError, match="z must have shape"):
     model.decode(jnp.zeros((2, 5)))
-  with pytest.raises(ValueError, match="prior"):
-    models.ImageFlow((8, 8, 1), 17, prior="gmm", rngs=rngs(0))
+  c = _config("nif")
+  c.model.prior = "gmm"
+  with pytest.raises(ValueError, match="prior must be one of"):
+    models.build(c, rngs=rngs(0))
+
+
+def _add_model_field(monkeypatch, value):
+  """Adds ``model.new_field`` (default 0) as a new field would be added: a
+  default in configs.model_defaults, an ImageFlow argument; the recipe sets
+  ``value``."""
+  defaults, base, init = configs.model_defaults, configs.base_config, models.ImageFlow.__init__
+
+  def with_field():
+    m = defaults()
+    m.new_field = 0
+    return m
+
+  def base_with_value(*args):
+    c = base(*args)
+    c.model.new_field = value
+    return c
+
+  def init_with_field(self, *args, new_field, **kwargs):
+    init(self, *args, **kwargs)
+    self.new_field = new_field
+
+  monkeypatch.setattr(configs, "model_defaults", with_field)
+  monkeypatch.setattr(configs, "base_config", base_with_value)
+  monkeypatch.setattr(models.ImageFlow, "__init__", init_with_field)
+
+
+def test_a_new_model_field_at_its_default_loads_shipped_checkpoints(monkeypatch):
+  from nifzoo import zoo
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 17, (2, 8, 8, 1)), jnp.int32)
+  before = zoo.load("digits-nif16").log_prob(x)
+  _add_model_field(monkeypatch, 0)
+  assert models.wiring(configs.get_config("digits-nif16"))["model.new_field"] == 0
+  model = zoo.load("digits-nif16")
+  assert model.new_field == 0
+  np.testing.assert_array_equal(model.log_prob(x), before)
+
+
+def test_a_new_model_field_off_its_default_is_refused(monkeypatch):
+  from nifzoo import zoo
+  _add_model_field(monkeypatch, 1)
+  with pytest.raises(zoo.ZooError, match=r"model.new_field: checkpoint None, code 1"):
+    zoo.load("digits-nif16")

@@ -35,12 +35,10 @@ from nifzoo.flows.glow import GlowStep
 from nifzoo.flows.glow import glow_num_params
 from nifzoo.flows.lowdim import LowDimFlow
 from nifzoo.flows.lowdim import LowDimStep
-from nifzoo.flows.permute import Permute
 from nifzoo.flows.permute import Reverse
 from nifzoo.flows.preprocess import Dequantize
 from nifzoo.flows.preprocess import Logit
 from nifzoo.flows.preprocess import Preprocess
-from nifzoo.flows.reshape import Squeeze
 from nifzoo.flows.reshape import squeeze
 from nifzoo.flows.reshape import unsqueeze
 from nifzoo.flows.stack import ScannedStack
@@ -49,7 +47,7 @@ __all__ = [
     "ActNorm", "ActNormInitialized", "AdditiveCoupling", "AffineCoupling",
     "Conv3x3", "ConvConditioner", "Dense", "Dequantize", "FlowConstant", "Glow", "GlowStep",
     "InvConv1x1", "Logit", "LowDimFlow", "LowDimStep", "MLPConditioner",
-    "Permute", "Preprocess", "Reverse", "ScannedStack", "Squeeze",
+    "Preprocess", "Reverse", "ScannedStack",
     "VectorAffineCoupling", "actnorm_layers", "conv3x3", "data_init", "dense",
     "glow_num_params", "initialized_flags", "is_initialized",
     "squeeze", "standard_normal_log_prob", "unsqueeze",

@@ -3,14 +3,15 @@
 ``ImageFlow`` is the NF baseline (prior N(0, I_D)), NIF-k (closed-form
 ``GaussianNIF`` prior, the paper's tables) or the deep NIF (``GaussianNIF``
 followed by a low-dimensional flow, scored with the importance-weighted bound,
-paper App. B.4), chosen by ``prior``. Every public method is batched, takes
-integer images ``(B, H, W, C)`` in ``[0, num_levels)`` and is jit-friendly.
-Inputs are validated as :mod:`nifzoo.checks` describes: values only eagerly,
-or under jit through ``checks.checked``; using a model whose ActNorms were
-never initialised warns (eagerly). Called eagerly, each public method runs its
-checks and then its computation as one compiled program (``_``-prefixed,
-:func:`nifzoo.compiled.method`); inside a user's ``jit``/``vmap``/``grad`` the
-same code traces through.
+paper App. B.4): its ``prior`` object (:mod:`nifzoo.models.priors`), chosen
+once at build. Every public method is batched, takes integer images
+``(B, H, W, C)`` in ``[0, num_levels)`` and is jit-friendly. Inputs are
+validated once, by the public method, as :mod:`nifzoo.checks` describes:
+values only eagerly, or under jit through ``checks.checked``; using a model
+whose ActNorms were never initialised warns (eagerly). Called eagerly, each
+public method runs its checks and then its computation as one compiled program
+(``_``-prefixed, :func:`nifzoo.compiled.method`); inside a user's
+``jit``/``vmap``/``grad`` the same code traces through.
 
 Densities are of the *discrete* data: ``log_prob`` includes the dequantisation
 log-det ``-D log L`` and the logit log-det, so ``bits_per_dim`` is the usual
@@ -24,7 +25,6 @@ import functools
 import json
 import math
 import warnings
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,28 +33,16 @@ from flax import nnx
 
 from nifzoo import checks
 from nifzoo import compiled
+from nifzoo import configs
 from nifzoo import flows
-from nifzoo import nif
+from nifzoo.models import priors
+from nifzoo.models.priors import nif_latent
 
-PRIORS = ("normal", "nif", "deepnif")
-
-# Bumped whenever the code changes what a given config computes with given
-# parameters (parameter shapes alone do not show it). A checkpoint records the
-# revision it was trained with; nifzoo.zoo refuses to load it into another.
-#   1: the first Glow (first half of the channels factored out, colnorm W^T).
-#   2: the authors' wiring: second half factored out, colnorm x @ Wn with
-#      1e-5, ActNorm eps 1e-5.
-WIRING_REVISION = 2
-# Config fields of `model` that only set defaults of methods, how the program is
-# laid out (`unroll`) or how precisely the backend computes its products
-# (`matmul_precision`), not the function the parameters define.
-_NOT_WIRING = ("num_iw_samples", "sample_noise", "unroll", "matmul_precision")
 # ``matmul_precision`` values: "default" leaves jax's default matmul precision
 # (the backend's, or the user's jax_default_matmul_precision) alone; the others
 # are set with ``jax.default_matmul_precision`` around the model's computations.
 MATMUL_PRECISIONS = ("default", "high", "highest", "bfloat16", "tensorfloat32",
                      "float32")
-ENCODINGS = ("stochastic_inverse", "posterior")
 # What decode/sample return: "levels" = integer images in [0, L) (floor of the
 # flow's output), "continuous" = the flow's sigmoid output y in [0, 1] before
 # flooring (float32; the authors scored FID on these).
@@ -63,20 +51,6 @@ OUTPUTS = ("levels", "continuous")
 
 def check_output(output: str) -> str:
   return checks.check_choice(output, "output", OUTPUTS)
-
-
-class DeepNIFEncoding(NamedTuple):
-  """What the deep NIF's ``encode`` returns (docs/math.md §4.2), a pytree.
-
-  Attributes:
-    mu: (B, k) the NIF latent, the stochastic inverse's mean μ(x) (§1.2):
-      the paper's embedding, and what ``decode`` maps back to images.
-    eps: (B, k) the low-dimensional flow's base latent, ``eps = f(μ(x))``
-      (``lowdim.forward``): N(0, I) under the prior, the space where
-      ``sample``'s temperature acts; ``lowdim.inverse(eps)`` gives ``mu`` back.
-  """
-  mu: jax.Array
-  eps: jax.Array
 
 
 def _precision_context(precision: str):
@@ -97,30 +71,24 @@ def _at_matmul_precision(method):
   return wrapped
 
 
-def nif_latent(code):
-  """The (B, k) latent ``decode`` takes, from what any model's ``encode`` returned:
-  the array itself (NF, NIF-k), ``code.mu`` for a :class:`DeepNIFEncoding`."""
-  return code.mu if isinstance(code, DeepNIFEncoding) else code
-
-
 class ImageFlow(nnx.Module):
-  """Glow with a standard-normal, Gaussian-NIF or deep-NIF terminal prior.
+  """Glow with a terminal prior on its flattened latent (:mod:`.priors`).
+
+  Build one from a config with :func:`build` (``config.model`` states every
+  field's default); the constructor takes every field.
 
   Args:
     image_shape: (H, W, C) of the integer images.
-    num_levels: number of grey levels L (2**bits); inputs lie in [0, L).
-    prior: "normal" (NF), "nif" (closed-form NIF-k) or "deepnif".
-    latent_dim: k for the NIF priors (ignored for "normal").
+    num_levels: number of grey levels L; inputs lie in [0, L).
+    prior: a :class:`~nifzoo.models.priors.Prior`: the NF's N(0, I), NIF-k or
+      the deep NIF. Its modules become attributes of the model (``nif``,
+      ``lowdim``).
     num_scales, steps_per_scale, width, conv, coupling, squeeze: the Glow.
     logit_lambda: lambda of the logit transform.
-    nif_bias: whether the NIF layer has the bias b (paper) or not (authors).
-    lowdim_layers, lowdim_hidden, lowdim_depth: the deep NIF's low-dim flow.
-    num_iw_samples: default N of the importance-weighted bound (deep NIF).
-    sample_noise: default noise mode of ``sample`` ("learned" | "isotropic").
-    unroll: the Glow's step loops, as ``jax.lax.scan``'s ``unroll`` (1: rolled,
-      compile time flat in depth; True: unrolled, a longer compile, a faster or
-      slower step by config: ``bench/README.md``, "Unrolled stacks"). The same
-      parameters and numbers either way.
+    unroll: the Glow's step loops, as ``jax.lax.scan``'s ``unroll`` (False:
+      rolled, compile time flat in depth; True: unrolled, a longer compile, a
+      faster or slower step by config: ``bench/README.md``, "Unrolled
+      stacks"). The same parameters and numbers either way.
     matmul_precision: precision of the products that do not set their own
       (the Glow's coupling networks and 1x1 convs, the deep NIF's low-dim
       flow), one of :data:`MATMUL_PRECISIONS`; "default" is the backend's
@@ -128,20 +96,16 @@ class ImageFlow(nnx.Module):
       ``HIGHEST`` (docs/math.md §8).
   """
 
-  def __init__(self, image_shape, num_levels: int, *, prior: str = "nif",
-               latent_dim: int = 0, num_scales: int = 2,
-               steps_per_scale: int = 16, width: int = 256, conv: str = "lu",
-               coupling: str = "affine", squeeze: str = "channel_major",
-               logit_lambda: float = 0.05, nif_bias: bool = True,
-               lowdim_layers: int = 10, lowdim_hidden: int = 1024,
-               lowdim_depth: int = 3, num_iw_samples: int = 16,
-               sample_noise: str = "learned", unroll: int | bool = 1,
-               matmul_precision: str = "default", rngs: nnx.Rngs):
+  def __init__(self, image_shape, num_levels: int, *, prior: priors.Prior,
+               num_scales: int, steps_per_scale: int, width: int, conv: str,
+               coupling: str, squeeze: str, logit_lambda: float,
+               unroll: int | bool, matmul_precision: str, rngs: nnx.Rngs):
     # The layers validate their own arguments (shape, levels, enums).
-    self.prior = checks.check_choice(prior, "prior", PRIORS)
+    if not isinstance(prior, priors.Prior):
+      raise TypeError(f"prior must be a nifzoo.models.priors.Prior, got {prior!r}.")
+    self.prior = prior
     self.matmul_precision = checks.check_choice(
         matmul_precision, "matmul_precision", MATMUL_PRECISIONS)
-    self.sample_noise = nif.gaussian.check_noise_kind(sample_noise)
     self.preprocess = flows.Preprocess(num_levels, logit_lambda)
     self.glow = flows.Glow(image_shape, num_scales, steps_per_scale, width,
                            conv=conv, coupling=coupling, squeeze=squeeze,
@@ -149,16 +113,9 @@ class ImageFlow(nnx.Module):
     self.image_shape = self.glow.input_shape
     self.num_levels = self.preprocess.dequantize.num_levels
     self.dim = math.prod(self.image_shape)
-    self.num_iw_samples = int(num_iw_samples)
-    if prior == "normal":
-      self.latent_dim = self.dim
-    else:
-      self.latent_dim = int(latent_dim)
-      self.nif = nif.GaussianNIF(self.dim, self.latent_dim, use_bias=nif_bias,
-                                 rngs=rngs)
-      if prior == "deepnif":
-        self.lowdim = flows.LowDimFlow(self.latent_dim, lowdim_layers,
-                                       lowdim_hidden, lowdim_depth, rngs=rngs)
+    self.latent_dim = prior.latent_size(self.dim)
+    for name, module in prior.modules(self.dim, rngs).items():
+      setattr(self, name, module)
 
   # ------------------------------------------------------------------ checks
   def _check_images(self, x, name="x"):
@@ -205,7 +162,7 @@ class ImageFlow(nnx.Module):
     The log-det includes dequantisation (-D log L), logit and Glow. With
     ``key=None`` the dequantisation noise is u = 1/2 (deterministic).
     """
-    self.preprocess.dequantize._check_input(x)  # pylint: disable=protected-access
+    self._check_images(x)
     return self._flow_latent(x, key)
 
   @compiled.method()
@@ -249,29 +206,21 @@ class ImageFlow(nnx.Module):
   @compiled.method(mutates=True)
   def _initialize(self, batch, key):
     with flows.data_init(self):
-      v, _ = self.flow_latent(batch, key=key)
-      if self.prior == "deepnif":
-        mean, _ = self.nif.stochastic_inverse(v)
-        self.lowdim.forward(mean)
+      v, _ = self._flow_latent(batch, key)
+      self.prior.initialize(self, v)
 
   # ------------------------------------------------------------------ densities
   @_at_matmul_precision
   def log_prob(self, x, *, key=None, noise_scale=1.0, num_samples=None):
     """log p(x) in nats per example, (B,), of integer images x (B,H,W,C).
 
-    NF: exact; NIF-k: exact closed form (Eq. 13) with Sigma -> s^2 Sigma;
+    NF: exact; NIF-k: exact closed form (Eq. 13) with Sigma -> s^2 Sigma (s > 0);
     deep NIF: the importance-weighted bound with ``num_samples`` samples
     (default: the model's training N), which needs ``key``. With ``key`` the
     dequantisation noise is random, otherwise it is 1/2.
     """
     self._check_images(x)
-    if self.prior == "normal":  # s is unused.
-      checks.check_noise_scale(noise_scale)
-    else:  # Densities need s > 0 (the NIF layer checks it too).
-      nif.gaussian.check_density_scale(noise_scale)
-    if self.prior == "deepnif" and key is None:
-      raise ValueError("The deep NIF's log_prob is an importance-weighted bound "
-                       "and needs a `key`.")
+    num_samples = self.prior.check_log_prob(key, noise_scale, num_samples)
     self._warn_if_uninitialized("log_prob")
     return self._log_prob(x, key, noise_scale, num_samples)
 
@@ -279,17 +228,10 @@ class ImageFlow(nnx.Module):
   # float64 (exact at tiny s, nif/gaussian.py _scale_terms).
   @compiled.method(static=("num_samples",), concrete=("noise_scale",))
   def _log_prob(self, x, key, noise_scale, num_samples):
-    deq_key, iw_key = (None, None) if key is None else jax.random.split(key)
-    v, log_det = self.flow_latent(x, key=deq_key)
-    if self.prior == "normal":
-      log_prior = flows.standard_normal_log_prob(v)
-    elif self.prior == "nif":
-      log_prior = self.nif.log_prob(v, noise_scale=noise_scale)
-    else:
-      n = self.num_iw_samples if num_samples is None else num_samples
-      log_prior = self.nif.iw_bound(v, iw_key, n, log_prior=self.lowdim.log_prob,
-                                    noise_scale=noise_scale)
-    return log_prior + log_det
+    deq_key, prior_key = (None, None) if key is None else jax.random.split(key)
+    v, log_det = self._flow_latent(x, deq_key)
+    return self.prior.log_prob(self, v, prior_key, noise_scale,
+                               num_samples) + log_det
 
   def bits_per_dim(self, x, **kwargs):
     """-log p(x) / (D ln 2), (B,); keyword arguments as in ``log_prob``."""
@@ -310,28 +252,18 @@ class ImageFlow(nnx.Module):
     ``kind="stochastic_inverse"``: under the flow prior the posterior has no
     closed form.
     """
-    checks.check_choice(kind, "kind", ENCODINGS)
+    self.prior.check_encode(kind)
     self._check_images(x)
+    if kind == "posterior":
+      checks.check_noise_scale(noise_scale)
     self._warn_if_uninitialized("encode")
     return self._encode(x, kind, noise_scale)
 
-  # noise_scale static when concrete: posterior's checks and s-terms, as eagerly.
+  # noise_scale static when concrete: the posterior's s-terms, as eagerly.
   @compiled.method(static=("kind",), concrete=("noise_scale",))
   def _encode(self, x, kind, noise_scale):
-    v, _ = self.flow_latent(x)
-    if self.prior == "normal":
-      return v
-    if self.prior == "deepnif":
-      if kind != "stochastic_inverse":
-        raise ValueError(
-            f"kind={kind!r}: the deep NIF's prior is its low-dimensional flow, "
-            "whose posterior has no closed form; use kind='stochastic_inverse' "
-            "(returns mu(x) and the flow's base latent).")
-      mu = self.nif.stochastic_inverse(v)[0]
-      return DeepNIFEncoding(mu, self.lowdim.forward(mu)[0])
-    if kind == "posterior":
-      return self.nif.posterior(v, noise_scale=noise_scale)[0]
-    return self.nif.stochastic_inverse(v)[0]
+    v, _ = self._flow_latent(x, None)
+    return self.prior.encode(self, v, kind, noise_scale)
 
   @_at_matmul_precision
   def decode(self, z, *, key=None, noise_scale=0.0, noise=None,
@@ -340,38 +272,31 @@ class ImageFlow(nnx.Module):
 
     ``z``: the NIF latent (B, k) (NF: the (B, D) flow latent), or what
     ``encode`` returned (a deep NIF's :class:`DeepNIFEncoding` decodes its
-    ``mu``). ``output``: "levels" (integers in [0, L)) or "continuous"
-    (floats in [0, 1]). The NF has no noise: ``key``, ``noise_scale`` and
-    ``noise`` are unused.
+    ``mu``). ``noise``: "learned" or "isotropic" (default: the prior's
+    ``sample_noise``). ``output``: "levels" (integers in [0, L)) or
+    "continuous" (floats in [0, 1]). The NF has no noise: ``key``,
+    ``noise_scale`` and ``noise`` are unused.
     """
     z = self._check_latent(nif_latent(z))
+    self.prior.check_decode(key, noise_scale, noise)
+    check_output(output)
     self._warn_if_uninitialized("decode")
-    self._check_decode_noise(key, noise_scale)
     return self._decode(z, key, noise_scale, noise, output)
-
-  def _check_decode_noise(self, key, noise_scale):
-    """The NIF decoder's value checks of s (GaussianNIF.decode), made eagerly:
-    s is an input of the compiled program, where it cannot raise."""
-    if self.prior != "normal":
-      s = checks.check_noise_scale(noise_scale)
-      nif.gaussian.check_decode_key(key, s)
 
   @compiled.method(static=("noise", "output"))
   def _decode(self, z, key, noise_scale, noise, output):
-    if self.prior == "normal":
-      return self.flow_inverse(z, output)
-    v = self.nif.decode(z, key=key, noise_scale=noise_scale,
-                        noise=noise or self.sample_noise)
-    return self.flow_inverse(v, output)
+    v = self.prior.decode(self, z, key, noise_scale, noise)
+    return self._flow_inverse(v, output)
 
   @_at_matmul_precision
   def reconstruct(self, x, *, kind: str = "stochastic_inverse", key=None,
                   noise_scale=0.0, noise=None, output: str = "levels"):
     """decode(encode(x)): the projection of x onto the learned manifold at s = 0."""
-    checks.check_choice(kind, "kind", ENCODINGS)
+    self.prior.check_encode(kind)
     self._check_images(x)
+    self.prior.check_decode(key, noise_scale, noise)
+    check_output(output)
     self._warn_if_uninitialized("reconstruct")
-    self._check_decode_noise(key, noise_scale)
     return self._reconstruct(x, kind, key, noise_scale, noise, output)
 
   @compiled.method(static=("kind", "noise", "output"))
@@ -388,14 +313,12 @@ class ImageFlow(nnx.Module):
     authors' temperature figure did (docs/math.md §2, §4.2).
     """
     n = checks.check_positive_int(n, "n")
-    t = checks.check_noise_scale(temperature, "temperature")
-    return self._sample_latent(key, n, t)
+    checks.check_temperature(temperature)
+    return self._sample_latent(key, n, temperature)
 
   @compiled.method(static=("n",))
-  def _sample_latent(self, key, n, t):
-    if self.prior == "deepnif":
-      return self.lowdim.sample(key, n, temperature=t)
-    return t * jax.random.normal(key, (n, self.latent_dim))
+  def _sample_latent(self, key, n, temperature):
+    return self.prior.sample_latent(self, key, n, temperature)
 
   @_at_matmul_precision
   def sample(self, key, n: int, *, temperature=1.0, noise_scale=1.0,
@@ -404,23 +327,23 @@ class ImageFlow(nnx.Module):
     deep NIF: T on the low-dim flow's base latent), x = A z + b + s noise.
 
     ``noise`` is "learned" (s Sigma^1/2 eps) or "isotropic" (s eps, the
-    authors' sampler); default: the model's ``sample_noise``. ``output``:
+    authors' sampler); default: the prior's ``sample_noise``. ``output``:
     "levels" (integers in [0, L)) or "continuous" (floats in [0, 1], the
     flow's output before flooring; FID scores these).
     """
-    checks.check_noise_scale(temperature, "temperature")  # Before any work.
+    n = checks.check_positive_int(n, "n")
+    checks.check_temperature(temperature)
     checks.check_noise_scale(noise_scale)
+    # A key is always given: the decoder's key check cannot fail here.
+    self.prior.check_decode(key, noise_scale, noise)
+    check_output(output)
     self._warn_if_uninitialized("sample")
     return self._sample(key, n, temperature, noise_scale, noise, output)
 
   @compiled.method(static=("n", "noise", "output"))
   def _sample(self, key, n, temperature, noise_scale, noise, output):
-    if self.prior == "normal":
-      return self.flow_inverse(
-          self.sample_latent(key, n, temperature=temperature), output)
-    z_key, x_key = jax.random.split(key)
-    z = self.sample_latent(z_key, n, temperature=temperature)
-    return self._decode(z, x_key, noise_scale, noise, output)
+    v = self.prior.sample(self, key, n, temperature, noise_scale, noise)
+    return self._flow_inverse(v, output)
 
   def to_float_images(self, x):
     """Integer levels in [0, L) -> float32 bin centres (x + 1/2) / L in (0, 1).
@@ -433,19 +356,36 @@ class ImageFlow(nnx.Module):
 def build(config, *, rngs: nnx.Rngs) -> ImageFlow:
   """The model for any zoo config (NF, NIF-k, deep NIF, any dataset).
 
-  ``config.model``'s keys are :class:`ImageFlow`'s argument names; the image
-  shape and the number of grey levels come from ``config.data``.
+  ``config.model`` holds the prior's name and fields (:func:`priors.from_config`)
+  and :class:`ImageFlow`'s other arguments; the image shape and the number of
+  grey levels come from ``config.data``.
   """
+  flow_args = {k: v for k, v in config.model.items()
+               if k != "prior" and k not in priors.FIELDS}
   return ImageFlow(tuple(config.data.image_shape), config.data.num_levels,
-                   **config.model, rngs=rngs)
+                   prior=priors.from_config(config.model), **flow_args,
+                   rngs=rngs)
 
 
 def seeded_rngs(seed: int) -> nnx.Rngs:
   """The initialisers' keys for ``build`` (training and ``zoo.load(init="random")``).
 
-  "rbg" keys: on XLA:CPU each threefry draw compiles for about a second.
+  "rbg" keys: threefry keys make XLA:CPU compile each eager draw.
   """
   return nnx.Rngs(jax.random.key(seed, impl="rbg"))
+
+
+# Bumped whenever the code changes what a given config computes with given
+# parameters (parameter shapes alone do not show it). A checkpoint records the
+# revision it was trained with; nifzoo.zoo refuses to load it into another.
+#   1: the first Glow (first half of the channels factored out, colnorm W^T).
+#   2: the authors' wiring: second half factored out, colnorm x @ Wn with
+#      1e-5, ActNorm eps 1e-5.
+WIRING_REVISION = 2
+# Config fields of `model` that only set defaults of methods, how the program is
+# laid out (`unroll`) or how precisely the backend computes its products
+# (`matmul_precision`), not the function the parameters define.
+_NOT_WIRING = ("num_iw_samples", "sample_noise", "unroll", "matmul_precision")
 
 
 def wiring(config) -> dict:
@@ -460,9 +400,24 @@ def wiring(config) -> dict:
 
 
 def wiring_differences(saved: dict, config) -> list[str]:
-  """``"field: saved X, now Y"`` for every wiring field where a checkpoint's
-  recorded ``wiring(...)`` and ``config``'s differ (empty: compatible)."""
+  """``"field: checkpoint X, code Y"`` for every wiring field where a
+  checkpoint's recorded ``wiring(...)`` and ``config``'s differ (empty:
+  compatible).
+
+  A ``model`` field the checkpoint does not record was added to the code
+  after it was written; at its default (``configs.model_defaults()``) the
+  model computes what it computed before the field existed, so only a
+  non-default value is a difference.
+  """
   now = json.loads(json.dumps(wiring(config)))
   saved = json.loads(json.dumps(saved))
-  return [f"{k}: checkpoint {saved.get(k)!r}, code {now.get(k)!r}"
-          for k in sorted(set(now) | set(saved)) if now.get(k) != saved.get(k)]
+  defaults = json.loads(json.dumps(configs.model_defaults().to_dict()))
+  out = []
+  for k in sorted(set(now) | set(saved)):
+    field = k.removeprefix("model.")
+    if k not in saved and field != k and field in defaults and (
+        now[k] == defaults[field]):
+      continue
+    if now.get(k) != saved.get(k):
+      out.append(f"{k}: checkpoint {saved.get(k)!r}, code {now.get(k)!r}")
+  return out

@@ -7,8 +7,8 @@ The math lives in pure functions of ``(op, b, log_var, x, s)``, where ``op`` is 
 linear map A wrapped as a :mod:`nifzoo.nif.linalg` operator (:class:`DenseLinear` for
 a dense (D, k) matrix, :class:`NearestUpsample` for §3). ``b`` and ``log_var`` have the
 data shape, or a leading batch axis for per-example values (the stochastic coupling,
-§4). They are written once and used by :class:`GaussianNIF`, :class:`UpsampleNIF` and
-the couplings. Notation (§1): r = x − b, G = AᵀΣ⁻¹A, u = AᵀΣ⁻¹r, μ = G⁻¹u,
+§4). They are written once and used by :class:`GaussianNIF` and by
+:mod:`nifzoo.experimental`'s upsampling NIF and couplings. Notation (§1): r = x − b, G = AᵀΣ⁻¹A, u = AᵀΣ⁻¹r, μ = G⁻¹u,
 e = r − Aμ; with the noise scale, Σ → s²Σ, G → G/s², M = I + G/s².
 
 The pure functions do not validate; the modules' public methods do.
@@ -248,12 +248,12 @@ def decode(op, b, log_var, z, s=0.0, key=None, noise: str = "learned"):
 # ----------------------------------------------------------------------------
 
 
-def check_density_scale(s, name: str = "noise_scale"):
+def check_density_scale(s):
   """Densities need s > 0 (s = 0 is the injective limit, where they are ±inf)."""
-  checks.check_noise_scale(s, name)
+  checks.check_noise_scale(s)
   if checks.is_concrete(s) and float(np.asarray(s)) == 0.0:
     raise ValueError(
-        f"{name} must be > 0 for densities (log_prob, log_normalizer, elbo, "
+        "noise_scale must be > 0 for densities (log_prob, log_normalizer, elbo, "
         "iw_bound); s = 0 is the injective limit: use manifold_log_prob.")
   return s
 
@@ -311,7 +311,8 @@ class LinearGaussianNIF(nnx.Module):
   def data_shape(self) -> tuple[int, ...]:
     return tuple(self.b.shape)
 
-  def _args(self):
+  def terms(self):
+    """``(op, b, log_var)``: the layer's arguments of the pure functions above."""
     return self.operator(), self.b[...], self.log_var[...]
 
   def _x(self, x):
@@ -320,27 +321,27 @@ class LinearGaussianNIF(nnx.Module):
   def log_prob(self, x, noise_scale=1.0):
     """log p_s(x) = log N(x; b, AAᵀ + s²Σ), closed form (§1.6, Eq. 13): (B,)."""
     x, s = self._x(x), check_density_scale(noise_scale)
-    return density_at(lambda s: log_prob(*self._args(), x, s), s)
+    return density_at(lambda s: log_prob(*self.terms(), x, s), s)
 
   def log_normalizer(self, x, noise_scale=1.0):
     """log h_s(x), the manifold penalty (§1, §2): (B,)."""
     x, s = self._x(x), check_density_scale(noise_scale)
-    return density_at(lambda s: log_normalizer(*self._args(), x, s), s)
+    return density_at(lambda s: log_normalizer(*self.terms(), x, s), s)
 
   def stochastic_inverse(self, x, noise_scale=1.0):
     """q(z|x) = N(μ(x), s²G⁻¹) (§1) -> (mean (B, *latent), cov)."""
     x, s = self._x(x), checks.check_noise_scale(noise_scale)
-    return stochastic_inverse(*self._args(), x, s)
+    return stochastic_inverse(*self.terms(), x, s)
 
   def posterior(self, x, noise_scale=1.0):
     """p(z|x) under N(0, I) = N(M⁻¹u, M⁻¹) (§1) -> (mean (B, *latent), cov)."""
     x, s = self._x(x), checks.check_noise_scale(noise_scale)
-    return posterior(*self._args(), x, s)
+    return posterior(*self.terms(), x, s)
 
   def elbo(self, x, noise_scale=1.0):
     """Closed-form ELBO for the N(0, I) prior, q = stochastic inverse (§1.5): (B,)."""
     x, s = self._x(x), check_density_scale(noise_scale)
-    return density_at(lambda s: elbo(*self._args(), x, s), s)
+    return density_at(lambda s: elbo(*self.terms(), x, s), s)
 
   def iw_bound(self, x, key, num_samples: int, log_prior: LogPrior | None = None,
                noise_scale=1.0):
@@ -351,18 +352,18 @@ class LinearGaussianNIF(nnx.Module):
     x, s = self._x(x), check_density_scale(noise_scale)
     n = checks.check_positive_int(num_samples, "num_samples")
     return density_at(
-        lambda s: iw_bound(*self._args(), x, key, n, s, log_prior), s)
+        lambda s: iw_bound(*self.terms(), x, key, n, s, log_prior), s)
 
   def manifold_log_prob(self, x, log_prior: LogPrior | None = None):
     """s = 0 density on the manifold: log p(μ(x)) − ½ log|AᵀA| (§2): (B,)."""
-    return manifold_log_prob(*self._args(), self._x(x), log_prior)
+    return manifold_log_prob(*self.terms(), self._x(x), log_prior)
 
   def decode(self, z, key=None, noise_scale=0.0, noise: str = "learned"):
     """x = A z + b + s·Σ^{1/2}ε (learned) or + s·ε (isotropic) (§2): (B, *data).
 
     key None or s = 0: exactly A z + b.
     """
-    op, b, log_var = self._args()
+    op, b, log_var = self.terms()
     z = check_batch(z, "z", op.latent_shape)
     s = checks.check_noise_scale(noise_scale)
     check_decode_key(key, s)
@@ -371,9 +372,9 @@ class LinearGaussianNIF(nnx.Module):
   def sample(self, key, n: int, temperature=1.0, noise_scale=1.0,
              noise: str = "learned"):
     """z ~ N(0, T²I), x = decode(z, s, noise) (§2): (n, *data)."""
-    op, b, log_var = self._args()
+    op, b, log_var = self.terms()
     n = checks.check_positive_int(n, "n")
-    t = checks.check_noise_scale(temperature, "temperature")
+    t = checks.check_temperature(temperature)
     s = checks.check_noise_scale(noise_scale)
     check_noise_kind(noise)
     key_z, key_x = jax.random.split(key)

@@ -19,8 +19,8 @@ from flax import nnx
 from scipy import stats
 from scipy.special import logsumexp
 
-from nifzoo.nif import StochasticCoupling
-from nifzoo.nif import VectorStochasticCoupling
+from nifzoo.experimental import StochasticCoupling
+from nifzoo.experimental import VectorStochasticCoupling
 from nif_oracles import dense_upsampling
 
 R = 2000  # samples per point for the bound estimates

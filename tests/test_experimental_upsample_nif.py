@@ -10,7 +10,7 @@ from flax import nnx
 from scipy import stats
 
 from nifzoo.nif import GaussianNIF
-from nifzoo.nif import UpsampleNIF
+from nifzoo.experimental import UpsampleNIF
 from nif_oracles import dense_upsampling
 
 # (H, W, C), (rh, rw): square, non-square and one-sided factors.

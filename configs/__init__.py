@@ -1,0 +1,1 @@
+"""The datasets' config files (installed as ``nifzoo._configs``; ``nifzoo.configs``)."""
