@@ -228,9 +228,9 @@ def nf_to_nif(model, latent_dim: int, *, data_config=None, split: str = "train",
     and the time taken.
   """
   t0 = time.time()
-  if model.prior != "normal":
+  if model.prior.has_manifold:
     raise ValueError(f"nf_to_nif needs a normalizing flow (prior 'normal'), got "
-                     f"a model with prior {model.prior!r}.")
+                     f"a model with prior {model.prior.name!r}.")
   checks.check_choice(noise, "noise", NOISE_MODELS)
   checks.check_choice(method, "method", ("auto", "eigh", "randomized"))
   k = checks.check_positive_int(latent_dim, "latent_dim")

@@ -106,7 +106,7 @@ def test_nf_to_nif_shares_the_glow_and_raises_the_training_likelihood(tiny_nf):
   key = jax.random.key(3)
   nif_model, report = convert.nf_to_nif(tiny_nf, 8, key=key, batch_size=256,
                                         max_images=512)
-  assert nif_model.prior == "nif" and nif_model.latent_dim == 8
+  assert nif_model.prior.name == "nif" and nif_model.latent_dim == 8
   assert nif_model.config.name == "digits-nif8-from-nf"
   assert report["num_latents"] == 512 and report["method"] == "eigh"
   assert report["train_log_prior_nif"] > report["train_log_prior_nf"]

@@ -46,7 +46,7 @@ def tiny_models(test_images):
     m = models.build(configs.get_config(name), rngs=models.seeded_rngs(0))
     m.initialize(jnp.asarray(test_images))
     _perturb(m, 0.02, seed=1)
-    out[m.prior] = m
+    out[m.prior.name] = m
   return out
 
 

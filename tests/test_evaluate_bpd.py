@@ -100,7 +100,7 @@ def test_bits_per_dim_counts_301_and_matches_a_direct_average(split_301, model):
 
 def test_bits_per_dim_refuses_bad_input(model):
   m, c = model
-  with pytest.raises(ValueError, match="noise_scale > 0"):
+  with pytest.raises(ValueError, match="noise_scale must be > 0"):
     evaluate.bits_per_dim(m, c.data, "test", noise_scale=0.0)
   with pytest.raises(ValueError, match="num_draws"):
     evaluate.bits_per_dim(m, c.data, "test", num_draws=0)

@@ -28,7 +28,6 @@ from nifzoo import checks
 from nifzoo import data as data_lib
 from nifzoo import mesh as mesh_lib
 from nifzoo.evaluate import metrics
-from nifzoo.evaluate import priors
 from nifzoo.evaluate import programs
 from nifzoo.evaluate import progress as progress_lib
 
@@ -130,15 +129,8 @@ def bits_per_dim(model, data_config, split: str = "test", *,
     the N the deep NIF's bound used (None for the exact NF and NIF-k).
   """
   num_draws = checks.check_positive_int(num_draws, "num_draws")
-  if priors.likelihood_is_bound(model):
-    num_samples = checks.check_positive_int(
-        model.num_iw_samples if num_samples is None else num_samples, "num_samples")
-  checks.check_noise_scale(noise_scale)
-  if priors.has_noise_scale(model) and float(noise_scale) == 0.0:
-    raise ValueError("bits/dim needs noise_scale > 0: at s = 0 a NIF is the "
-                     "injective flow and images off its manifold have zero "
-                     "density.")
   key = jax.random.key(0) if key is None else key
+  num_samples = model.prior.check_log_prob(key, noise_scale, num_samples)
   mesh = mesh_lib.make_mesh() if mesh is None else mesh
   batches = mesh_batches(data_config, split, batch_size, indices=indices,
                          max_images=max_images)

@@ -68,7 +68,7 @@ def sample_features(sampler, feature_fn, num_samples: int, *, key,
   (batch i uses ``fold_in(key, i)``; the last batch is cut to size)."""
   num_samples = checks.check_positive_int(num_samples, "num_samples")
   checks.check_noise_scale(noise_scale)
-  checks.check_noise_scale(temperature, "temperature")
+  checks.check_temperature(temperature)
   update = progress_lib.meter(f"samples s={float(noise_scale):g}", num_samples,
                               unit="samples", enabled=progress)
   out, done = [], 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 from nifzoo.evaluate import fd as fd_lib
 from nifzoo.evaluate import inception
 from nifzoo.evaluate import metrics
-from nifzoo.evaluate import priors
 
 
 def run(model, config, context) -> dict:
@@ -20,7 +19,7 @@ def run(model, config, context) -> dict:
   features = inception.feature_fn(inception.load_inception(config.weights),
                                   context.mesh)
   scales = [1.0]
-  if "s_sweep" in context.results and priors.has_noise_scale(model):
+  if "s_sweep" in context.results and model.prior.has_manifold:
     scales.append(context.results["s_sweep"]["s_star"])
   out = {}
   for s in dict.fromkeys(scales):

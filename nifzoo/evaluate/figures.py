@@ -28,7 +28,6 @@ from nifzoo import fileio
 from nifzoo import images as images_lib
 from nifzoo import models
 from nifzoo.evaluate import classifier
-from nifzoo.evaluate import priors
 
 
 # The model's methods compile themselves (nifzoo.compiled: one program per
@@ -203,7 +202,7 @@ def run(model, config, context) -> dict:
   (and, for a NIF, at s = 0 and the s strip), reconstructions and
   interpolations of test images."""
   del config  # No settings.
-  key, nif = context.key, priors.has_noise_scale(model)
+  key, nif = context.key, model.prior.has_manifold
   x, _ = classifier.load_split(model.config.data, "test", max_images=16)
   grids = {"temperature.png": temperature_grid(model, key=key),
            "reconstructions.png": reconstructions(model, x[:8]),

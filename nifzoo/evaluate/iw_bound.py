@@ -15,7 +15,6 @@ from typing import Sequence
 from nifzoo import checks
 from nifzoo.evaluate import bpd as bpd_lib
 from nifzoo.evaluate import metrics
-from nifzoo.evaluate import priors
 
 
 def iw_bound_curve(model, data_config, split: str = "test", *,
@@ -27,9 +26,9 @@ def iw_bound_curve(model, data_config, split: str = "test", *,
   "bits_per_dim": [...], "decrease": [bpd(N_i) - bpd(N_{i+1})...],
   "std_bits_per_dim", "num_images", "num_draws", "noise_scale", "split"}``.
   """
-  if not priors.likelihood_is_bound(model):
+  if model.prior.exact_density:
     raise ValueError(f"iw_bound_curve needs a deep NIF (its likelihood is a "
-                     f"bound); this model's prior is {model.prior!r}, whose "
+                     f"bound); this model's prior is {model.prior.name!r}, whose "
                      "log-likelihood is exact: use bits_per_dim.")
   ns = [checks.check_positive_int(n, "num_samples") for n in num_samples]
   if not ns or ns != sorted(set(ns)):

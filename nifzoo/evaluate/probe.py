@@ -19,7 +19,6 @@ from nifzoo import models
 from nifzoo.evaluate import bpd as bpd_lib
 from nifzoo.evaluate import figures
 from nifzoo.evaluate import metrics
-from nifzoo.evaluate import priors
 from nifzoo.evaluate import programs
 
 
@@ -72,6 +71,14 @@ def linear_probe(train_x, train_y, test_x, test_y, *, C: float = 1.0,
           "num_test": len(test_x), "C": C}
 
 
+def embedding_name(model, kind: str) -> str:
+  """What ``model.encode(x, kind=kind)`` embeds an image as."""
+  if not model.prior.has_manifold:
+    return "flow latent v(x)"
+  return ("stochastic inverse mu(x)" if kind == "stochastic_inverse"
+          else "posterior mean")
+
+
 def probe_model(model, data_config, *, kind: str = "stochastic_inverse",
                 batch_size: int = 256, mesh=None) -> dict:
   """Linear-probe accuracy of ``model``'s embedding (train -> test split)."""
@@ -80,7 +87,7 @@ def probe_model(model, data_config, *, kind: str = "stochastic_inverse",
   te = embeddings(model, data_config, "test", kind=kind,
                   batch_size=batch_size, mesh=mesh)
   out = linear_probe(*tr, *te)
-  out["embedding"] = priors.embedding_name(model, kind)
+  out["embedding"] = embedding_name(model, kind)
   return out
 
 

@@ -22,7 +22,6 @@ from nifzoo.evaluate import bpd as bpd_lib
 from nifzoo.evaluate import fd as fd_lib
 from nifzoo.evaluate import frechet
 from nifzoo.evaluate import metrics
-from nifzoo.evaluate import priors
 
 DEFAULT_SCALES = tuple(float(s) for s in np.linspace(0.0, 1.2, 15))
 
@@ -61,7 +60,7 @@ def noise_scale_sweep(model, feature_fn, data_config, *,
   protocol (counts, splits, tuning indices' seed).
   """
   key = jax.random.key(0) if key is None else key
-  nif = priors.has_noise_scale(model)
+  nif = model.prior.has_manifold
   scales = tuple(float(s) for s in scales) if nif else (1.0,)
   if not scales:
     raise ValueError("scales must list at least one noise scale.")
