@@ -338,14 +338,17 @@ def _sigterm_flag():
 QUIET_LIBRARIES = ("orbax", "grain", "clu", "etils", "tensorflow_datasets", "jax")
 # The loop's lines that clu logs: the metrics (its LoggingWriter) and the
 # progress (ReportProgress's work unit notes).
-_LOOP_LINES = (os.path.join("clu", "metric_writers", "logging_writer.py"),
-               os.path.join("clu", "platform", "local.py"))
+_LOOP_LINES = {(os.path.join("clu", "metric_writers", "logging_writer.py"),
+                "write_scalars"),
+               (os.path.join("clu", "platform", "local.py"), "set_notes")}
 
 
 class _LibraryInfoFilter(py_logging.Filter):
 
   def filter(self, record: py_logging.LogRecord) -> bool:
-    if record.levelno >= py_logging.WARNING or record.pathname.endswith(_LOOP_LINES):
+    if record.levelno >= py_logging.WARNING or any(
+        record.pathname.endswith(path) and record.funcName == func
+        for path, func in _LOOP_LINES):
       return True
     parts = record.pathname.split(os.sep)
     return not any(lib in parts for lib in QUIET_LIBRARIES)
