@@ -13,7 +13,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from nifzoo import mesh as mesh_lib  # noqa: E402
-from nifzoo.train import loop  # noqa: E402
+from nifzoo.train import setup as setup_lib  # noqa: E402
 from nifzoo.train import step as step_lib  # noqa: E402
 
 
@@ -33,7 +33,7 @@ def compile_step(config, batch: int, seed: int = 0) -> CompiledStep:
   config.batch_size = batch
   mesh = mesh_lib.make_mesh()
   t0 = time.perf_counter()
-  graphdef, tx, state = loop.create_state(config, mesh)
+  graphdef, tx, state = setup_lib.create_state(config, mesh)
   jax.block_until_ready(state)
   build_s = time.perf_counter() - t0
   rng = np.random.default_rng(seed)
@@ -56,4 +56,4 @@ def compile_train_step(c: CompiledStep, config, compiler_options=None):
 
 def initialized(c: CompiledStep):
   """c.state with every ActNorm initialised from one random batch."""
-  return loop.initialize_actnorms(c.graphdef, c.state, c.images(), c.mesh)
+  return setup_lib.initialize_actnorms(c.graphdef, c.state, c.images(), c.mesh)

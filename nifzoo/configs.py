@@ -237,6 +237,9 @@ def base_config(dataset: str, model: str) -> ml_collections.ConfigDict:
   # of this) is silent this long may be taken over by a new run; until then a
   # second trainer on the workdir refuses to start.
   c.lease_stale_secs = 600.0
+  # TensorBoard logs in the workdir (the `tensorboard` extra; imports tensorflow);
+  # False: the metrics go to <workdir>/metrics.jsonl and the console only.
+  c.tensorboard = True
   # Start a fresh run from another workdir's variables (a converted NF from
   # launch/convert.py, or a trained run) instead of random init + ActNorm init.
   c.init_from = ml_collections.config_dict.placeholder(str)

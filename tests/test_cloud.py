@@ -38,7 +38,7 @@ def _json_writer(monkeypatch):
   """The training loop writes metrics.jsonl, as without TensorFlow (clu's
   writer would go through tf.io.gfile: tests/test_cloud_pod.py)."""
   monkeypatch.setattr(writers, "create_writer",
-                      lambda workdir, just_logging=False: writers.JsonWriter(
+                      lambda workdir, just_logging=False, **_: writers.JsonWriter(
                           workdir, just_logging=just_logging))
 
 

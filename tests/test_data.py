@@ -273,27 +273,11 @@ def test_iterator_state_round_trip():
   assert same_batches(want, take(it2, 3))
 
 
-def test_iterator_position_counts_batches_and_upgrades_example_positions():
-  """The training iterator's position after n batches is n; a position saved as
-  n * B examples (the older, example-level pipeline) converts to the same next
-  batch; any other position is refused."""
-  fresh = take(iter(_digits_ds()), 5)
+def test_iterator_position_counts_batches():
+  """The training iterator's position after n batches is n."""
   it = iter(_digits_ds())
   take(it, 3)
   assert it.get_state()["next_index"] == 3
-  assert not data.upgrade_iterator_position(it, 3, 16)
-
-  old = iter(_digits_ds())
-  old.set_state({"next_index": 3 * 16})
-  assert data.upgrade_iterator_position(old, 3, 16)
-  assert old.get_state()["next_index"] == 3
-  assert same_batches(fresh[3:], take(old, 2))
-
-  odd = iter(_digits_ds())
-  odd.set_state({"next_index": 7})
-  with pytest.raises(ValueError, match=r"position 7, which matches neither step 3"
-                     r".*48 \(examples"):
-    data.upgrade_iterator_position(odd, 3, 16)
 
 
 def test_iterator_checkpoint_through_orbax(tmp_path):

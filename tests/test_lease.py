@@ -25,6 +25,7 @@ from etils import epath
 from nifzoo.train import checkpoint as ckpt_lib
 from nifzoo.train import lease as lease_lib
 from nifzoo.train import loop
+from nifzoo.train import setup as setup_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "launch", "train.py")
@@ -107,7 +108,7 @@ def test_launcher_reports_a_held_lease_in_one_line(tmp_path):
 
 
 def test_bad_stale_time_is_refused(tmp_path):
-  with pytest.raises(loop.ConfigError, match="config.lease_stale_secs"):
+  with pytest.raises(setup_lib.ConfigError, match="config.lease_stale_secs"):
     loop.train_and_evaluate(tiny_config(lease_stale_secs=0), str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w")
 

@@ -19,16 +19,19 @@ import pytest
 from nifzoo import configs
 from nifzoo.train import checkpoint as ckpt_lib
 from nifzoo.train import loop
+from nifzoo.train import setup as setup_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "launch", "train.py")
 ARGS = ("--config.checkpoint_every=3", "--config.eval_batches=1",
-        "--config.sample_every=100000", "--config.log_every=3")
+        "--config.sample_every=100000", "--config.log_every=3",
+        "--config.tensorboard=False")
 
 
 def tiny_config(**overrides):
   c = configs.get_config("digits-nif8,tiny")
   c.checkpoint_every, c.eval_batches, c.sample_every, c.log_every = 3, 1, 100000, 3
+  c.tensorboard = False
   for k, v in overrides.items():
     c[k] = v
   return c
@@ -90,7 +93,7 @@ def test_damaged_checkpoint_is_refused_kept_and_skipped(sigterm_run, tmp_path):
     f.write(data)
   config = tiny_config(total_steps=steps[-1])
   mngr = ckpt_lib.manager(workdir)
-  _, tx, state = loop.create_state(config, loop.mesh_lib.make_mesh())
+  _, tx, state = setup_lib.create_state(config, loop.mesh_lib.make_mesh())
   del tx
   it = iter(loop.data_lib.make_dataset(config.data, "train", global_batch_size=8,
                                        seed=0, shuffle=True, repeat=True))
@@ -111,13 +114,13 @@ def test_resume_with_a_changed_model_field_is_refused(sigterm_run, tmp_path):
   workdir = _copy(sigterm_run, tmp_path)
   config = tiny_config()
   config.model.squeeze = "glow"
-  with pytest.raises(loop.ConfigError, match="model.squeeze: workdir 'channel_major'"):
+  with pytest.raises(setup_lib.ConfigError, match="model.squeeze: workdir 'channel_major'"):
     loop.train_and_evaluate(config, workdir)
   # Allowed changes pass the check (how long, the learning rate, unrolled loops:
   # the config and the wiring checks both).
   allowed = tiny_config(total_steps=7, learning_rate=1e-4)
   allowed.model.unroll = True
-  loop.check_resume_config(workdir, configs.finalize(allowed))
+  setup_lib.check_resume_config(workdir, configs.finalize(allowed))
 
 
 @pytest.mark.parametrize("field,value", [
@@ -126,13 +129,13 @@ def test_resume_with_a_changed_model_field_is_refused(sigterm_run, tmp_path):
 def test_bad_config_is_refused_before_any_work(field, value, tmp_path):
   config = tiny_config(**{field: value})
   workdir = str(tmp_path / "w")
-  with pytest.raises(loop.ConfigError, match=f"config.{field}"):
+  with pytest.raises(setup_lib.ConfigError, match=f"config.{field}"):
     loop.train_and_evaluate(config, workdir)
   assert not os.path.exists(workdir)  # Nothing was written.
 
 
 def test_empty_workdir_is_refused():
-  with pytest.raises(loop.ConfigError, match="workdir"):
+  with pytest.raises(setup_lib.ConfigError, match="workdir"):
     loop.train_and_evaluate(tiny_config(), "")
 
 
@@ -368,7 +371,7 @@ def test_resume_with_another_wiring_revision_is_refused(sigterm_run, tmp_path,
   with open(os.path.join(workdir, ckpt_lib.WIRING_FILE)) as f:
     assert json.load(f)["revision"] == image_flow.WIRING_REVISION
   monkeypatch.setattr(image_flow, "WIRING_REVISION", image_flow.WIRING_REVISION + 1)
-  with pytest.raises(loop.ConfigError, match="revision: checkpoint .*new --workdir"):
+  with pytest.raises(setup_lib.ConfigError, match="revision: checkpoint .*new --workdir"):
     loop.train_and_evaluate(tiny_config(total_steps=_stopped(sigterm_run)), workdir)
   from nifzoo import zoo  # Loading it for evaluation is refused too.
   with pytest.raises(zoo.ZooError, match="different wiring.*revision: checkpoint"):
@@ -387,7 +390,7 @@ def test_resume_with_other_shapes_names_them_and_moves_nothing(sigterm_run, tmp_
   before = _steps(workdir)
   config = tiny_config(total_steps=before[-1])
   config.model.width = 16
-  with pytest.raises(loop.ConfigError) as e:
+  with pytest.raises(setup_lib.ConfigError) as e:
     loop.train_and_evaluate(config, workdir)
   msg = str(e.value)
   assert "variable(s) differ" in msg and "the model needs" in msg, msg

@@ -1,11 +1,10 @@
 """Training: loss goes down, exact resume, data parallel = single device,
-multi-process = single process, non-finite steps skipped or stopped."""
+multi-process = single process, non-finite steps skipped or stopped, what a
+run logs, and no tensorflow without TensorBoard logs."""
 
 import glob
-import hashlib
-import json
 import os
-import shutil
+import re
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from nifzoo import configs
 from nifzoo import data
 from nifzoo.train import loop
 from nifzoo import mesh as mesh_lib
+from nifzoo.train import setup as setup_lib
 from nifzoo.train import step as step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +32,7 @@ WORKER = os.path.join(ROOT, "tests", "train_worker.py")
 def tiny_config(**overrides):
   c = configs.get_config("digits-nif8,tiny")
   c.log_every = 5
+  c.tensorboard = False
   for k, v in overrides.items():
     c[k] = v
   return c
@@ -70,10 +71,10 @@ def test_optimizer_skips_nonfinite_updates_and_logs_the_applied_lr():
 def test_loss_decreases_on_digits():
   config = tiny_config(learning_rate=3e-3, warmup_steps=1)
   mesh = mesh_lib.make_mesh()
-  graphdef, tx, state = loop.create_state(config, mesh)
+  graphdef, tx, state = setup_lib.create_state(config, mesh)
   it = iter(data.make_dataset(config.data, "train", global_batch_size=32, seed=0))
   batch = lambda: mesh_lib.global_batch(mesh, next(it)["image"])
-  state = loop.initialize_actnorms(graphdef, state, batch(), mesh)
+  state = setup_lib.initialize_actnorms(graphdef, state, batch(), mesh)
   held_out = mesh_lib.global_batch(mesh, next(iter(data.make_dataset(
       config.data, "test", global_batch_size=64, seed=0, shuffle=False)))["image"])
   eval_fn = jax.jit(lambda params, rest, x, key: jnp.mean(
@@ -108,8 +109,8 @@ def _wait(runs):
   return logs
 
 
-def _start_train(workdir, config_arg, *extra):
-  return _spawn([sys.executable, TRAIN,
+def _start_train(workdir, config_arg, *extra, python_flags=()):
+  return _spawn([sys.executable, *python_flags, TRAIN,
                  f"--config={os.path.join(ROOT, 'configs', 'digits.py')}:{config_arg}",
                  f"--workdir={workdir}", *extra], f"{workdir}.log")
 
@@ -128,45 +129,37 @@ def _actnorm_flags(tree):
   return [np.asarray(v) for path, v in flat if "initialized" in jax.tree_util.keystr(path)]
 
 
+def _imported(importtime_log):
+  """The top-level packages in a ``python -X importtime`` log."""
+  return set(re.findall(r"^import time:.*\|\s+(\w+)$", importtime_log, re.M))
+
+
 @pytest.mark.slow
 def test_resume_is_exact(tmp_path):
-  """2N steps straight == N steps, a fresh process restoring, N more (bitwise)."""
+  """2N steps straight == N steps, a fresh process restoring, N more (bitwise).
+
+  The straight run writes TensorBoard logs; the other one
+  (config.tensorboard=False) writes metrics.jsonl and never imports
+  tensorflow. Each log step's numbers are logged once, after one progress line
+  (steps/s and ETA)."""
   args = ("--config.checkpoint_every=4", "--config.sample_every=100",
           "--config.log_every=4", "--config.eval_batches=1")
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  no_tb = "--config.tensorboard=False"
   # Each process is mostly one busy thread: the independent runs go in pairs.
-  _wait([_start_train(straight, "nif8,tiny", "--config.total_steps=8", *args),
-         _start_train(resumed, "nif8,tiny", "--config.total_steps=4", *args)])
-  # The same checkpoint as the older, example-level pipeline saved its position
-  # (step * batch examples): the resumed run converts it and is exact too.
-  older = str(tmp_path / "older")
-  shutil.copytree(resumed, older)
-  state_file = os.path.join(older, "checkpoints", "4", "data", "process_0-of-1.json")
-  with open(state_file) as f:
-    position = json.load(f)
-  assert position["next_index"] == 4
-  position["next_index"] = 4 * tiny_config().batch_size
-  with open(state_file, "w") as f:
-    json.dump(position, f)
-  # Record the edited file's checksum, as the older run's save would have.
-  sums_file = os.path.join(older, "checkpoints", "4", "checksums.json")
-  with open(sums_file) as f:
-    sums = json.load(f)
-  with open(state_file, "rb") as f:
-    sums["sha256"]["data/process_0-of-1.json"] = hashlib.sha256(f.read()).hexdigest()
-  with open(sums_file, "w") as f:
-    json.dump(sums, f)
-  log, log_older = _wait([_start_train(w, "nif8,tiny", "--config.total_steps=8", *args)
-                          for w in (resumed, older)])
-  assert "Resumed" in log and "converted" not in log
-  assert "saved per example (older nifzoo); converted to batches" in log_older
+  log, _ = _wait([
+      _start_train(straight, "nif8,tiny", "--config.total_steps=8", *args),
+      _start_train(resumed, "nif8,tiny", "--config.total_steps=4", no_tb, *args)])
+  (log_resumed,) = _wait([_start_train(
+      resumed, "nif8,tiny", "--config.total_steps=8", no_tb, *args,
+      python_flags=("-X", "importtime"))])
+  assert "Resumed" in log_resumed
   a = _restore_params(straight, 8)
-  for other in (resumed, older):
-    b = _restore_params(other, 8)
-    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-    assert len(leaves_a) == len(leaves_b) > 0
-    for x, y in zip(leaves_a, leaves_b):
-      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  b = _restore_params(resumed, 8)
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b) > 0
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   # The ActNorm init flags are in the checkpoint, so a restored model is not
   # re-initialised (the loop only initialises when there is no checkpoint).
   flags = _actnorm_flags(_restore(resumed, 4)["rest"])
@@ -174,6 +167,22 @@ def test_resume_is_exact(tmp_path):
   # The workdir holds TensorBoard logs and sample PNGs.
   assert glob.glob(os.path.join(straight, "events.out.tfevents.*"))
   assert glob.glob(os.path.join(straight, "samples", "samples_s0_*.png"))
+  # Without them: metrics.jsonl (steps 4 and 8 of both processes), no tensorflow.
+  assert not glob.glob(os.path.join(resumed, "events.out.tfevents.*"))
+  with open(os.path.join(resumed, "metrics.jsonl")) as f:
+    logged = [l for l in f if '"train_bits_per_dim"' in l]
+  assert [l.split(",")[0] for l in logged] == ['{"step": 4', '{"step": 8']
+  packages = _imported(log_resumed)
+  assert "clu" in packages and "jax" in packages and "tensorflow" not in packages
+  # One progress line and the numbers once per log step (4 and 8; after resuming, 8).
+  for out, steps in ((log, (4, 8)), (log_resumed, (8,))):
+    lines = out.splitlines()
+    progress = [l for l in lines if "steps/s" in l]
+    numbers = [l for l in lines if "train_bits_per_dim=" in l]
+    assert all(f"({s}/8), ETA: " in l for l, s in zip(progress, steps)), progress
+    assert len(progress) == len(numbers) == len(steps), (progress, numbers)
+    assert all(re.search(rf"\[{s}\] .*train_bits_per_dim=", l)
+               for l, s in zip(numbers, steps)), numbers
 
 
 def _worker(out, devices, *extra):
@@ -224,9 +233,10 @@ def test_two_processes_match_one_process(tmp_path):
 def test_nonfinite_step_is_skipped_or_stops(tmp_path, monkeypatch):
   """A corrupted batch (values far outside the grey levels -> NaN in the logit).
 
-  The host does not wait for every step: in skip mode step n's metrics are read
-  once step n+1's batch is sent (and that step dispatched); steps that log or
-  end the run, and every step in stop mode (any may stop it), are read at once."""
+  The host does not wait for every step: in skip mode it reads the steps'
+  metrics (in one transfer) only at the steps that log, sample, save or end
+  the run; in stop mode (any step may stop it) at every step. The skipped steps
+  are counted in the optimiser state, so the count is in the checkpoint."""
   calls, events = {"n": 0}, []
   real, real_get = mesh_lib.global_batch, jax.device_get
 
@@ -239,13 +249,9 @@ def test_nonfinite_step_is_skipped_or_stops(tmp_path, monkeypatch):
     return real(mesh, images)
 
   def get(x):
-    if isinstance(x, dict) and "finite" in x:  # A train step's metrics.
-      events.append("r")
+    if isinstance(x, list) and x and "finite" in x[0]:  # Train steps' metrics.
+      events.append(f"r{len(x)}")
     return real_get(x)
-
-  def train_steps():  # Batches and reads of the train steps, in order.
-    seq = "".join(events)
-    return seq[seq.index("b", 1):]  # After the ActNorm init batch.
 
   monkeypatch.setattr(loop.mesh_lib, "global_batch", poisoned)
   monkeypatch.setattr(loop.jax, "device_get", get)
@@ -254,14 +260,19 @@ def test_nonfinite_step_is_skipped_or_stops(tmp_path, monkeypatch):
   result = loop.train_and_evaluate(config, str(tmp_path / "skip"))
   assert result["skipped_steps"] == 1
   assert np.isfinite(result["train_bits_per_dim"])
-  # Steps 1-4 are read after the next batch, 5 (logs) and 6 (the last) at once.
-  assert train_steps().startswith("bbrbrbrbrrbr") and events.count("r") == 6, events
+  # Steps 1-5 are read at step 5 (it logs), 6 at the last step (then the
+  # evaluation's batches).
+  reads = lambda: [e for e in events if e[0] == "r"]
+  assert events[1:9] == ["b"] * 5 + ["r5", "b", "r1"] and len(reads()) == 2, events
+  opt_state = _restore(str(tmp_path / "skip"), 6)["opt_state"]
+  assert [int(v) for k, v in sorted(opt_state.items()) if k in (
+      "notfinite_count", "total_notfinite")] == [0, 1], opt_state.keys()
 
   calls["n"], events[:] = 0, []
   config.on_nonfinite = "stop"
   with pytest.raises(loop.NonFiniteLossError, match="step 3"):
     loop.train_and_evaluate(config, str(tmp_path / "stop"))
-  assert train_steps().startswith("brbrbr") and events.count("r") == 3, events
+  assert events[1:7] == ["b", "r1"] * 3 and len(reads()) == 3, events
   # Nothing lost: the last good state (step 3, the bad update not applied) is saved.
   params = _restore_params(str(tmp_path / "stop"), 3)
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))

@@ -4,6 +4,7 @@ With it, tests/test_train.py checks the TensorBoard event files of a run.
 """
 
 import json
+import subprocess
 import sys
 
 import clu
@@ -43,6 +44,34 @@ def test_without_tensorflow_other_processes_only_log(tmp_path, no_tensorflow):
   writer = writers.create_writer(str(tmp_path), just_logging=True)
   writer.write_scalars(1, {"x": 1.0})
   assert isinstance(writer, writers.JsonWriter) and not list(tmp_path.iterdir())
+
+
+def test_without_tensorboard_no_tensorflow_is_imported(tmp_path):
+  """tensorboard=False (and every process but the chief): JsonWriter, and
+  neither the writer nor the progress report imports tensorflow (a fresh
+  process; the test session may have imported it)."""
+  code = (
+      "import sys\n"
+      "from absl import logging\n"
+      "from nifzoo.train import writers\n"
+      "logging.set_verbosity(logging.INFO)\n"
+      f"w = writers.create_writer({str(tmp_path)!r}, tensorboard=False)\n"
+      "assert isinstance(w, writers.JsonWriter)\n"
+      "r = writers.report_progress(total_steps=4, every_steps=2)\n"
+      "for step in range(1, 5):\n"
+      "  r(step, t=float(step))\n"
+      "with r.timed('eval', wait_jax_async_dispatch=False):\n"
+      "  pass\n"
+      "loaded = [m for m in sys.modules if m.split('.')[0] == 'tensorflow']\n"
+      "assert 'clu.periodic_actions' in sys.modules and not loaded, loaded\n"
+      "assert 'clu.metric_writers' not in sys.modules\n"
+      "from clu import metric_writers\n"  # The real package still imports.
+      "assert metric_writers.SummaryWriter and 'tensorflow' in sys.modules\n")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "1.0 steps/s, 50.0% (2/4)" in proc.stderr, proc.stderr[-3000:]
+  assert "1.0 steps/s, 100.0% (4/4), ETA: 0m" in proc.stderr
 
 
 

@@ -37,8 +37,9 @@ def main():
 
   from nifzoo import configs
   from nifzoo import data
-  from nifzoo.train import loop
   from nifzoo import mesh as mesh_lib
+  from nifzoo.train import setup as setup_lib
+  from nifzoo.train import step as step_lib
 
   if args.num_processes > 1:
     mesh_lib.maybe_initialize_distributed(
@@ -56,9 +57,9 @@ def main():
   feed = lambda i: mesh_lib.global_batch(
       mesh, images[i, pid * local:(pid + 1) * local].astype(np.int32))
 
-  graphdef, tx, state = loop.create_state(config, mesh)
-  state = loop.initialize_actnorms(graphdef, state, feed(0), mesh)
-  step = jax.jit(loop.step_lib.make_train_step(graphdef, tx, config))
+  graphdef, tx, state = setup_lib.create_state(config, mesh)
+  state = setup_lib.initialize_actnorms(graphdef, state, feed(0), mesh)
+  step = jax.jit(step_lib.make_train_step(graphdef, tx, config))
   losses = []
   for i in range(args.steps):
     state, metrics = step(state, feed(i + 1))

@@ -15,8 +15,7 @@ examples and batching after made the training loop's own thread do per-example
 work (grain's prefetch polls its whole buffer on every example), on the step's
 critical path (``bench/input_pipeline.py`` times both); the batches are the same.
 The iterator position is a batch count (``{"next_index": step}`` for the training
-iterator); :func:`upgrade_iterator_position` converts a position saved by the
-older, example-level pipeline.
+iterator).
 
 Checkpoint the iterator with grain's Orbax handler
 (``grain.checkpoint.CheckpointSave(it)`` / ``CheckpointRestore(it)``, one JSON state
@@ -156,26 +155,3 @@ def make_dataset(
       num_threads=num_threads,
       prefetch_buffer_size=prefetch_buffer_size or max(2, num_threads))
   return ds.to_iter_dataset(read)
-
-
-def upgrade_iterator_position(data_iter, step: int, local_batch: int) -> bool:
-  """Makes a training iterator restored at ``step`` count batches, not examples.
-
-  The training iterator yields one batch per step, so its position is ``step``.
-  A checkpoint of the pipeline that prefetched single examples (before batching
-  moved ahead of the prefetch) holds ``step * local_batch``: the same batches, so
-  the position converts exactly. Returns whether it converted; raises ValueError
-  for a position that is neither.
-  """
-  state = data_iter.get_state()
-  pos = state.get("next_index") if isinstance(state, dict) else None
-  if pos == step:
-    return False
-  if pos == step * local_batch:
-    data_iter.set_state({**state, "next_index": step})
-    return True
-  raise ValueError(
-      f"The data iterator checkpoint is at position {pos!r}, which matches "
-      f"neither step {step} (batches) nor step * local batch = "
-      f"{step * local_batch} (examples, older nifzoo): it was not written by "
-      "this run's training loop.")

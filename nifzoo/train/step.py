@@ -36,8 +36,9 @@ def make_optimizer(config) -> optax.GradientTransformation:
   """Global-norm clipping then Adam on the warmup schedule, skipping non-finite steps.
 
   ``apply_if_finite`` leaves parameters and optimiser state as they were when a
-  gradient is not finite (it never gives up); ``inject_hyperparams`` keeps the
-  learning rate of the last applied update in the state, for logging.
+  gradient is not finite (it never gives up) and counts the skipped steps
+  (:func:`count_skip`); ``inject_hyperparams`` keeps the learning rate of the
+  last applied update in the state, for logging.
   """
   adam = optax.inject_hyperparams(optax.adam)(
       learning_rate=learning_rate_schedule(config))
@@ -79,8 +80,7 @@ def new_train_state(config, *, abstract: bool = False):
   tree with ``jax.ShapeDtypeStruct`` leaves (same shapes and dtypes), from
   ``nnx.eval_shape`` and ``jax.eval_shape(tx.init, ...)``, which is what
   compiling for devices that cannot hold arrays (``nifzoo.tpu``) or an Orbax
-  restore target needs. The training loop's ``create_state`` is the concrete
-  call.
+  restore target needs. ``setup.create_state`` is the concrete call.
   """
   from nifzoo import models  # pylint: disable=g-import-not-at-top
   tx = make_optimizer(config)
@@ -93,6 +93,18 @@ def new_train_state(config, *, abstract: bool = False):
                      jax.eval_shape(tx.init, params),
                      jax.eval_shape(lambda: _rng_data(config.seed)))
   return graphdef, tx, state
+
+
+def count_skip(opt_state, finite):
+  """``opt_state`` (``make_optimizer``'s, as it was before a step that ``finite``
+  says was skipped, or after one that was applied) with ``apply_if_finite``'s
+  counters for that step: ``notfinite_count`` (skipped steps in a row),
+  ``total_notfinite`` (skipped steps of the run) and ``last_finite``. The train
+  step skips more than the non-finite gradients ``apply_if_finite`` sees."""
+  return opt_state._replace(
+      notfinite_count=jnp.where(finite, 0, opt_state.notfinite_count + 1),
+      last_finite=finite,
+      total_notfinite=opt_state.total_notfinite + (~finite).astype(jnp.int32))
 
 
 def learning_rate(opt_state):
@@ -111,7 +123,8 @@ def make_train_step(graphdef, tx, config):
   loss, gradient, new parameters or new optimiser state are not finite leaves
   params and optimiser state as they were and reports ``finite = False``
   (``make_optimizer`` skips a non-finite gradient; a finite gradient can still
-  overflow Adam's moments or the parameters).
+  overflow Adam's moments or the parameters). ``skipped_steps`` and
+  ``skips_in_a_row`` are the optimiser state's counters (:func:`count_skip`).
   """
 
   def loss_fn(params, rest, images, key):
@@ -130,10 +143,13 @@ def make_train_step(graphdef, tx, config):
     params, opt_state = jax.tree.map(
         lambda new, old: jnp.where(finite, new, old),
         (params, opt_state), (state.params, state.opt_state))
+    opt_state = count_skip(opt_state, finite)
     new_state = state._replace(step=state.step + 1, params=params,
                                opt_state=opt_state)
     metrics = dict(bits_per_dim=loss, grad_norm=optax.global_norm(grads),
-                   finite=finite, learning_rate=learning_rate(opt_state))
+                   finite=finite, learning_rate=learning_rate(opt_state),
+                   skipped_steps=opt_state.total_notfinite,
+                   skips_in_a_row=opt_state.notfinite_count)
     return new_state, metrics
 
   return step_fn

@@ -1,21 +1,27 @@
-"""The training loop's metric writer: TensorBoard when tensorflow is installed.
+"""The training loop's outputs: its metric writer and its progress report.
 
-clu's metric writers import tensorflow (its TensorBoard summaries), which is the
-optional ``tensorboard`` extra. Without it, training still runs: ``JsonWriter``
-logs every scalar to the console and adds it to ``<workdir>/metrics.jsonl``,
-one ``{"step": ..., "name": value, ...}`` object a line (images are the sample
-PNGs the loop saves in ``<workdir>/samples/``). Object stores cannot append:
-the file is rewritten whole at each write (a resumed run keeps its lines).
+TensorBoard logs (``config.tensorboard``, on the chief process) go through clu's
+metric writers, which import tensorflow: the optional ``tensorboard`` extra.
+Every other process, and a run without them, uses ``JsonWriter``: every scalar
+to the console and (on the chief) to ``<workdir>/metrics.jsonl``, one
+``{"step": ..., "name": value, ...}`` object a line (images are the sample PNGs
+the loop saves in ``<workdir>/samples/``). Object stores cannot append: the
+file is rewritten whole at each write (a resumed run keeps its lines). Such a
+process never imports tensorflow, neither through the progress report
+(:func:`report_progress`).
 
-Importing tensorflow takes several seconds; the loop starts it in a background
-thread (:func:`start_import`) before building the model and creates the writer
+Importing tensorflow is slow; the loop starts it in a background thread
+(:func:`start_import`) before building the model and creates the writer
 after, so the two overlap.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
+import types
+import typing
 
 from absl import logging
 
@@ -73,9 +79,9 @@ def _import_clu() -> None:
 
 
 def start_import() -> None:
-  """Starts importing clu's writers (and so tensorflow, several seconds) in a
-  background thread, so that it overlaps building and compiling the model;
-  :func:`create_writer` waits for it."""
+  """Starts importing clu's writers (and so tensorflow) in a background thread,
+  so that it overlaps building and compiling the model; :func:`create_writer`
+  waits for it."""
   global _import_thread
   if _import_thread is None:
     _import_thread = threading.Thread(target=_import_clu, name="nifzoo-import-clu",
@@ -83,16 +89,51 @@ def start_import() -> None:
     _import_thread.start()
 
 
-def create_writer(workdir: str, *, just_logging: bool = False):
-  """clu's default writer (console + TensorBoard), or ``JsonWriter`` without tensorflow."""
+def create_writer(workdir: str, *, tensorboard: bool = True,
+                  just_logging: bool = False):
+  """clu's default writer (console + TensorBoard) when ``tensorboard`` and not
+  ``just_logging``; else, or without tensorflow (with a warning), ``JsonWriter``."""
+  if just_logging or not tensorboard:
+    return JsonWriter(workdir, just_logging=just_logging)
   if _import_thread is not None:
     _import_thread.join()
   try:
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    writer = JsonWriter(workdir, just_logging=just_logging)
-    logging.warning(MISSING_TENSORBOARD.format(
-        error=e, path=writer.path or "nowhere else (not the chief process)"))
+    writer = JsonWriter(workdir)
+    logging.warning(MISSING_TENSORBOARD.format(error=e, path=writer.path))
     return writer
-  return metric_writers.create_default_writer(
-      workdir, just_logging=just_logging, asynchronous=False)
+  return metric_writers.create_default_writer(workdir, asynchronous=False)
+
+
+def _periodic_actions():
+  """``clu.periodic_actions``, imported without tensorflow.
+
+  It imports the ``clu.metric_writers`` package (whose ``SummaryWriter``
+  imports tensorflow) for one name, the ``MetricWriter`` type of an argument
+  the loop does not pass. Unless that package is loaded already, a stand-in
+  with that name is in ``sys.modules`` during the import only.
+  """
+  if "clu.metric_writers" in sys.modules or "clu.periodic_actions" in sys.modules:
+    from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+    return periodic_actions
+  import clu  # pylint: disable=g-import-not-at-top
+  stand_in = types.ModuleType("clu.metric_writers")
+  stand_in.MetricWriter = typing.Any
+  sys.modules["clu.metric_writers"] = stand_in
+  try:
+    from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+  finally:
+    del sys.modules["clu.metric_writers"]
+    if getattr(clu, "metric_writers", None) is stand_in:
+      del clu.metric_writers
+  return periodic_actions
+
+
+def report_progress(total_steps: int, every_steps: int):
+  """clu's ``ReportProgress``: called after every step, it logs one line every
+  ``every_steps`` steps and at ``total_steps``: steps/s since the last one,
+  the share done, the ETA, and the share of the time spent in its ``timed``
+  blocks."""
+  return _periodic_actions().ReportProgress(
+      num_train_steps=total_steps, every_steps=every_steps, every_secs=None)
