@@ -125,7 +125,7 @@ def test_listings_see_writes_by_other_clients(gcs_path):
   assert [p.name for p in fileio.as_path(f"{gcs_path}/checkpoints").iterdir()] == ["2"]
   other = fsspec.filesystem("gcs", skip_instance_cache=True)  # Another client.
   other.pipe(f"{gcs_path[len('gs://'):]}/checkpoints/4/x", b"4")
-  assert ckpt_lib.latest_step(gcs_path) == 4
+  assert variables.latest_step(gcs_path) == 4
   assert list(fileio.list_files(f"{gcs_path}/checkpoints")) == ["2/x", "4/x"]
 
 
@@ -158,15 +158,15 @@ def test_move_tree_into_a_new_folder_keeps_every_file(gcs_path):
 def test_a_gs_run_writes_everything_to_the_bucket(gs_run):
   workdir, _, result = gs_run
   files = fileio.list_files(workdir)
-  for f in (ckpt_lib.CONFIG_FILE, ckpt_lib.WIRING_FILE, writers.METRICS_FILE,
+  for f in (variables.CONFIG_FILE, variables.WIRING_FILE, writers.METRICS_FILE,
             "samples/samples_s0_0000002.png", "samples/samples_s1_0000004.png",
-            f"checkpoints/2/{ckpt_lib.CHECKSUMS_FILE}",
-            f"checkpoints/4/{ckpt_lib.CHECKSUMS_FILE}"):
+            f"checkpoints/2/{variables.CHECKSUMS_FILE}",
+            f"checkpoints/4/{variables.CHECKSUMS_FILE}"):
     assert f in files, (f, list(files))
   steps = [json.loads(l).get("step") for l in
            files[writers.METRICS_FILE].read_text().splitlines()]
   assert [s for s in steps if s] == [1, 2, 2, 3, 4, 4]  # Train + test lines, all kept.
-  assert ckpt_lib.verify_checksums(f"{workdir}/checkpoints/4")
+  assert variables.verify_checksums(f"{workdir}/checkpoints/4")
   assert np.isfinite(result["test_eval"]["bits_per_dim"])
 
 
@@ -222,7 +222,7 @@ def test_a_checkpoint_with_directory_placeholders_loads(gs_run, gcs_path, images
   np.testing.assert_array_equal(
       _log_prob(zoo.load(NAME, registry=f"{gcs_path}/reg"), images), want)
   np.testing.assert_array_equal(_log_prob(zoo.load(f"{gcs_path}/run"), images), want)
-  assert ckpt_lib.verify_checksums(f"{gcs_path}/run/checkpoints/4")
+  assert variables.verify_checksums(f"{gcs_path}/run/checkpoints/4")
   registry.register(f"{gcs_path}/run", f"{gcs_path}/reg2", name=NAME, command="t")
 
 
@@ -242,8 +242,8 @@ def test_damaged_newest_checkpoint_on_gs_is_moved_aside_and_skipped(
   assert "does not match its checksum" in caplog.text
   moved = f"{workdir}/{ckpt_lib.DAMAGED_DIR}/4"
   assert fileio.as_path(moved).is_dir()  # Kept, never deleted.
-  with pytest.raises(ckpt_lib.CheckpointError, match="does not match its checksum"):
-    ckpt_lib.verify_checksums(moved)
+  with pytest.raises(variables.CheckpointError, match="does not match its checksum"):
+    variables.verify_checksums(moved)
   assert sorted(p.name for p in fileio.as_path(f"{workdir}/checkpoints").iterdir()
                 if p.name.isdigit()) == ["2", "4", "6"]  # 4 again, from step 2.
 

@@ -33,6 +33,7 @@ from nifzoo import data
 from nifzoo import fileio
 from nifzoo import registry
 from nifzoo import zoo
+from nifzoo import variables
 from nifzoo.train import checkpoint as ckpt_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,7 +122,7 @@ def test_pod_rehearsal(gcs, tmp_path):
 
   # 2 processes x 2 devices; SIGTERM to both once step 3 is checkpointed.
   procs = _launch(TRAIN, [*train, "--config.total_steps=100000"], gcs)
-  first = f"{workdir}/checkpoints/3/{ckpt_lib.CHECKSUMS_FILE}"
+  first = f"{workdir}/checkpoints/3/{variables.CHECKSUMS_FILE}"
   deadline = time.time() + 400
   while (not _exists(gcs, first) and all(p.poll() is None for p in procs)
          and time.time() < deadline):
@@ -137,7 +138,7 @@ def test_pod_rehearsal(gcs, tmp_path):
   steps = _steps(gcs, workdir)
   assert steps[-1] == stop >= 3, steps  # ...with its exit checkpoint,
   assert [s for s in steps if s % 3] in ([], [stop]), steps  # and only that one.
-  assert ckpt_lib.verify_checksums(f"{workdir}/checkpoints/{stop}")
+  assert variables.verify_checksums(f"{workdir}/checkpoints/{stop}")
   assert not _exists(gcs, f"{workdir}/lease.json")  # Released on the way out.
 
   # Resume to stop + 3 and register into the gs:// registry.

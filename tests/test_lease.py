@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from etils import epath
 
+from nifzoo import variables
 from nifzoo.train import checkpoint as ckpt_lib
 from nifzoo.train import lease as lease_lib
 from nifzoo.train import loop
@@ -296,7 +297,7 @@ def test_lost_lease_stops_the_run_before_its_next_save(tmp_path, monkeypatch):
   assert "before saving step 6" in str(e.value) and "'other-host'" in str(e.value)
   steps = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
   assert steps == ["3"], steps
-  assert ckpt_lib.verify_checksums(os.path.join(workdir, "checkpoints", "3"))
+  assert variables.verify_checksums(os.path.join(workdir, "checkpoints", "3"))
   assert token(workdir) == thief["token"]
 
 
@@ -336,7 +337,7 @@ def test_gcs_training_refuses_a_live_holder(gcs_path):
   with pytest.raises(lease_lib.LeaseHeldError, match="'other-host', pid 4242"):
     loop.train_and_evaluate(tiny_config(), gcs_path)
   assert not (epath.Path(gcs_path) / "checkpoints").exists()
-  assert not (epath.Path(gcs_path) / ckpt_lib.CONFIG_FILE).exists()
+  assert not (epath.Path(gcs_path) / variables.CONFIG_FILE).exists()
 
 
 _TF_SCRIPT = """

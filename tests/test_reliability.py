@@ -17,6 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from nifzoo import configs
+from nifzoo import variables
 from nifzoo.train import checkpoint as ckpt_lib
 from nifzoo.train import loop
 from nifzoo.train import setup as setup_lib
@@ -45,7 +46,7 @@ def sigterm_run(tmp_path_factory):
       [sys.executable, TRAIN, f"--config={ROOT}/configs/digits.py:nif8,tiny",
        f"--workdir={workdir}", "--config.total_steps=100000", *ARGS],
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  first = os.path.join(workdir, "checkpoints", "3", ckpt_lib.CHECKSUMS_FILE)
+  first = os.path.join(workdir, "checkpoints", "3", variables.CHECKSUMS_FILE)
   deadline = time.time() + 300
   while not os.path.exists(first) and proc.poll() is None and time.time() < deadline:
     time.sleep(0.2)
@@ -65,7 +66,7 @@ def test_sigterm_saves_an_exit_checkpoint_and_exits_nonzero(sigterm_run):
   steps = sorted(int(n) for n in names if n.isdigit())
   assert steps[-1] == stopped >= 3  # The exit checkpoint is the step it stopped at.
   for s in steps:  # Every finalized checkpoint carries its checksums.
-    assert ckpt_lib.verify_checksums(os.path.join(workdir, "checkpoints", str(s)))
+    assert variables.verify_checksums(os.path.join(workdir, "checkpoints", str(s)))
 
 
 def _copy(sigterm_run, tmp_path):
@@ -97,7 +98,7 @@ def test_damaged_checkpoint_is_refused_kept_and_skipped(sigterm_run, tmp_path):
   del tx
   it = iter(loop.data_lib.make_dataset(config.data, "train", global_batch_size=8,
                                        seed=0, shuffle=True, repeat=True))
-  target_state = ckpt_lib.abstract_like(state, loop.mesh_lib.replicated(
+  target_state = variables.abstract_like(state, loop.mesh_lib.replicated(
       loop.mesh_lib.make_mesh()))
   step, restored = ckpt_lib.restore_newest_intact(mngr, target_state, it)
   assert step == steps[-2]
@@ -105,8 +106,8 @@ def test_damaged_checkpoint_is_refused_kept_and_skipped(sigterm_run, tmp_path):
   moved = os.path.join(workdir, ckpt_lib.DAMAGED_DIR, str(steps[-1]))
   assert os.path.isdir(moved)  # Kept, never deleted.
   assert str(steps[-1]) not in os.listdir(os.path.join(workdir, "checkpoints"))
-  with pytest.raises(ckpt_lib.CheckpointError, match="does not match its checksum"):
-    ckpt_lib.verify_checksums(moved)
+  with pytest.raises(variables.CheckpointError, match="does not match its checksum"):
+    variables.verify_checksums(moved)
 
 
 @pytest.mark.slow
@@ -157,12 +158,12 @@ def test_restore_refuses_a_checkpoint_holding_nan(tmp_path):
       state=ocp.args.StandardSave({"w": np.array([np.nan], np.float32)}),
       data=grain.checkpoint.CheckpointSave(it)))
   ckpt_lib.finish(mngr)
-  assert ckpt_lib.verify_checksums(os.path.join(str(mngr.directory), "1"))
+  assert variables.verify_checksums(os.path.join(str(mngr.directory), "1"))
   import jax
   target = {"w": jax.ShapeDtypeStruct((1,), np.float32,
                                       sharding=jax.sharding.SingleDeviceSharding(
                                           jax.devices()[0]))}
-  with pytest.raises(ckpt_lib.CheckpointError, match="NaN or inf"):
+  with pytest.raises(variables.CheckpointError, match="NaN or inf"):
     ckpt_lib.restore(mngr, 1, target, it)
 
 
@@ -238,7 +239,7 @@ def test_rotation_never_removes_the_newest_finite_checkpoint(diverged_run):
   steps = _steps(workdir)
   assert steps[-1] == start  # No NaN-evaluating state was saved after it.
   for s in steps:
-    assert ckpt_lib.verify_checksums(os.path.join(workdir, "checkpoints", str(s)))
+    assert variables.verify_checksums(os.path.join(workdir, "checkpoints", str(s)))
   assert _finite_log_prob(workdir)
 
 
@@ -339,7 +340,7 @@ def test_full_disk_is_reported_once_at_its_step_and_stops(
   assert before[-1] in after and max(after) <= fail  # (Rotation may drop the oldest.)
   for s in after:
     if s != fail:
-      assert ckpt_lib.verify_checksums(os.path.join(workdir, "checkpoints", str(s)))
+      assert variables.verify_checksums(os.path.join(workdir, "checkpoints", str(s)))
 
 
 @pytest.mark.slow
@@ -355,7 +356,7 @@ def test_preemption_sync_point_saves_that_step_and_stops(sigterm_run, tmp_path,
   with pytest.raises(loop.Preempted, match=f"at step {s}\\."):
     loop.train_and_evaluate(config, workdir)
   assert _steps(workdir)[-1] == s
-  assert ckpt_lib.verify_checksums(os.path.join(workdir, "checkpoints", str(s)))
+  assert variables.verify_checksums(os.path.join(workdir, "checkpoints", str(s)))
 
 
 # ------------------------------------------------ resume with other code/shapes
@@ -368,7 +369,7 @@ def test_resume_with_another_wiring_revision_is_refused(sigterm_run, tmp_path,
   resuming and zoo.load both refuse, naming `revision`."""
   from nifzoo.models import image_flow
   workdir = _copy(sigterm_run, tmp_path)
-  with open(os.path.join(workdir, ckpt_lib.WIRING_FILE)) as f:
+  with open(os.path.join(workdir, variables.WIRING_FILE)) as f:
     assert json.load(f)["revision"] == image_flow.WIRING_REVISION
   monkeypatch.setattr(image_flow, "WIRING_REVISION", image_flow.WIRING_REVISION + 1)
   with pytest.raises(setup_lib.ConfigError, match="revision: checkpoint .*new --workdir"):
@@ -384,7 +385,7 @@ def test_resume_with_other_shapes_names_them_and_moves_nothing(sigterm_run, tmp_
   checkpoint has the old shapes, so the error names them and says to use a
   new workdir; no checkpoint is treated as damaged."""
   workdir = _copy(sigterm_run, tmp_path)
-  for name in (ckpt_lib.CONFIG_FILE, "wiring.json"):
+  for name in (variables.CONFIG_FILE, "wiring.json"):
     if os.path.exists(os.path.join(workdir, name)):
       os.remove(os.path.join(workdir, name))
   before = _steps(workdir)
@@ -408,10 +409,10 @@ def test_zoo_load_of_a_workdir_verifies_checksums(sigterm_run, tmp_path, caplog)
   steps = _steps(workdir)
   newest = os.path.join(workdir, "checkpoints", str(steps[-1]))
   _damage(newest)
-  assert ckpt_lib.variables_source(workdir)[2] == steps[-2]
+  assert variables.source(workdir)[2] == steps[-2]
   assert _finite_log_prob(workdir)
   assert any("does not match its checksum" in r.getMessage() and newest in
              r.getMessage() for r in caplog.records)
   assert os.path.isdir(newest)  # Loading never moves files.
-  with pytest.raises(ckpt_lib.CheckpointError, match="does not match its checksum"):
+  with pytest.raises(variables.CheckpointError, match="does not match its checksum"):
     zoo.load(workdir, step=steps[-1])

@@ -32,18 +32,8 @@ from nifzoo import data as data_lib
 from nifzoo import fileio
 from nifzoo import variables as variables_lib
 from nifzoo.train import step as step_lib
-# Names of nifzoo.variables the training loop reads through this module.
 from nifzoo.variables import CHECKSUMS_FILE
-from nifzoo.variables import CONFIG_FILE  # noqa: F401
-from nifzoo.variables import WIRING_FILE  # noqa: F401
 from nifzoo.variables import CheckpointError
-from nifzoo.variables import ShapeMismatchError  # noqa: F401
-from nifzoo.variables import abstract_like  # noqa: F401
-from nifzoo.variables import check_shapes  # noqa: F401
-from nifzoo.variables import latest_step  # noqa: F401
-from nifzoo.variables import restore as restore_variables  # noqa: F401
-from nifzoo.variables import source as variables_source  # noqa: F401
-from nifzoo.variables import verify_checksums  # noqa: F401
 
 DAMAGED_DIR = "damaged"  # Where refused checkpoints are moved, beside checkpoints/.
 

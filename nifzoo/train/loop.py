@@ -23,6 +23,7 @@ from nifzoo import data as data_lib
 from nifzoo import evaluate as evaluate_lib
 from nifzoo import images as images_lib
 from nifzoo import mesh as mesh_lib
+from nifzoo import variables
 from nifzoo.train import checkpoint as ckpt_lib
 from nifzoo.train import lease as lease_lib
 from nifzoo.train import setup as setup_lib
@@ -44,7 +45,7 @@ class Preempted(Exception):
 
 # Errors the launcher reports as one message (no traceback) and a non-zero exit.
 STOP_ERRORS = (NonFiniteLossError, Preempted, setup_lib.ConfigError,
-               ckpt_lib.CheckpointError, ckpt_lib.CheckpointSaveError,
+               variables.CheckpointError, ckpt_lib.CheckpointSaveError,
                lease_lib.LeaseError)
 
 
@@ -71,7 +72,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """
   setup_lib.check_config(config, workdir)
   config = data_lib.finalize(config)
-  if ckpt_lib.latest_step(workdir) is not None:
+  if variables.latest_step(workdir) is not None:
     setup_lib.check_resume_config(workdir, config)
   if _writes_tensorboard(config):
     writers_lib.start_import()

@@ -20,6 +20,7 @@ from flax import traverse_util
 from nifzoo import data as data_lib
 from nifzoo import mesh as mesh_lib
 from nifzoo import models
+from nifzoo import variables
 from nifzoo.train import checkpoint as ckpt_lib
 from nifzoo.train import lease as lease_lib
 from nifzoo.train import step as step_lib
@@ -84,7 +85,7 @@ def check_resume_config(workdir, config) -> None:
   :data:`RESUMABLE_FIELDS` differ from its recorded ``config.json``, or whose
   ``models.wiring`` (which includes the code's ``WIRING_REVISION``) differs
   from the recorded ``wiring.json``."""
-  path = epath.Path(workdir) / ckpt_lib.CONFIG_FILE
+  path = epath.Path(workdir) / variables.CONFIG_FILE
   if path.exists():
     saved = traverse_util.flatten_dict(json.loads(path.read_text()), sep=".")
     now = traverse_util.flatten_dict(
@@ -99,7 +100,7 @@ def check_resume_config(workdir, config) -> None:
           "model or data. Use a new --workdir for this config, or pass the "
           "recorded values; on resume only these may change: "
           f"{', '.join(RESUMABLE_FIELDS)}.")
-  path = epath.Path(workdir) / ckpt_lib.WIRING_FILE
+  path = epath.Path(workdir) / variables.WIRING_FILE
   if path.exists():
     diff = models.wiring_differences(json.loads(path.read_text()), config)
     if diff:
@@ -114,9 +115,9 @@ def check_resume_config(workdir, config) -> None:
 def write_run_files(workdir, config) -> None:
   """``config.json`` and ``wiring.json``: what ``nifzoo.zoo.load(workdir)``
   rebuilds the model from, and what a resume is checked against."""
-  (epath.Path(workdir) / ckpt_lib.CONFIG_FILE).write_text(
+  (epath.Path(workdir) / variables.CONFIG_FILE).write_text(
       config.to_json_best_effort(indent=2))
-  (epath.Path(workdir) / ckpt_lib.WIRING_FILE).write_text(
+  (epath.Path(workdir) / variables.WIRING_FILE).write_text(
       json.dumps(models.wiring(config), indent=1))
 
 
@@ -124,14 +125,14 @@ def check_checkpoint_fits(workdir, state) -> None:
   """Raises :class:`ConfigError` naming the variables when the newest
   checkpoint's shapes do not fit ``state`` (instead of refusing every
   checkpoint in turn as damaged). An unreadable one is left to the restore."""
-  step = ckpt_lib.latest_step(workdir)
+  step = variables.latest_step(workdir)
   path = epath.Path(workdir) / "checkpoints" / str(step) / "state"
   try:
-    ckpt_lib.check_shapes(str(path), {"params": state.params, "rest": state.rest},
+    variables.check_shapes(str(path), {"params": state.params, "rest": state.rest},
                           hint=_RESUME_HINT)
-  except ckpt_lib.ShapeMismatchError as e:
+  except variables.ShapeMismatchError as e:
     raise ConfigError(str(e)) from e
-  except ckpt_lib.CheckpointError:
+  except variables.CheckpointError:
     pass
 
 
@@ -174,21 +175,19 @@ def init_from(state, config, mesh):
   ``models.wiring``); its optimiser state, if any, is not used.
   """
   src = config.init_from
-  path = epath.Path(src) / ckpt_lib.CONFIG_FILE
+  path = epath.Path(src) / variables.CONFIG_FILE
   if not path.exists():
-    raise ValueError(f"init_from={src!r}: no {ckpt_lib.CONFIG_FILE} there (not a "
+    raise ValueError(f"init_from={src!r}: no {variables.CONFIG_FILE} there (not a "
                      "nifzoo workdir or launch/convert.py output).")
   src_config = ml_collections.ConfigDict(json.loads(path.read_text()))
   diff = models.wiring_differences(models.wiring(src_config), config)
   if diff:
     raise ValueError(f"init_from={src!r} holds a differently wired model: "
                      f"{'; '.join(diff)}.")
-  ckpt_path, partial, _ = ckpt_lib.variables_source(src)
-  target = {"params": state.params, "rest": state.rest}
-  ckpt_lib.check_shapes(ckpt_path, target)
-  restored = ckpt_lib.restore_variables(
-      ckpt_path, ckpt_lib.abstract_like(target, mesh_lib.replicated(mesh)),
-      partial=partial)
+  ckpt_path, partial, _ = variables.source(src)
+  restored = variables.restore(
+      ckpt_path, {"params": state.params, "rest": state.rest},
+      mesh_lib.replicated(mesh), partial=partial)
   return state._replace(params=restored["params"], rest=restored["rest"])
 
 
@@ -197,10 +196,10 @@ def restore_or_initialize(config, workdir, mngr, graphdef, state, train_iter,
   """-> ``(start step, state)``: the newest intact checkpoint of ``workdir``
   (``train_iter`` restored to its position), else step 0 with the variables of
   ``config.init_from``, else with every ActNorm initialised from one batch."""
-  if ckpt_lib.latest_step(workdir) is not None:
+  if variables.latest_step(workdir) is not None:
     check_checkpoint_fits(workdir, state)
   start, restored = ckpt_lib.restore_newest_intact(
-      mngr, ckpt_lib.abstract_like(state, mesh_lib.replicated(mesh)), train_iter)
+      mngr, variables.abstract_like(state, mesh_lib.replicated(mesh)), train_iter)
   if start is not None:
     logging.info("Resumed from %s at step %d.", mngr.directory, start)
     return start, restored
