@@ -1,8 +1,7 @@
 """The coupling network's matrix products and shifted sum, each shape timed both ways.
 
 ``flows.cpu_kernels`` picks how each product of the Glow's 3x3 and 1x1 convolutions is
-formed from timings of this kind on XLA:CPU (bench/README.md, "What the profile
-says"):
+formed from timings of this kind on XLA:CPU (bench/README.md, "The CPU kernels"):
 
 * a weight gradient ``a^T b`` (contracting the B H W positions) is formed as
   ``(M, N)`` or as ``(b^T a)^T``, whichever puts the operand whose width is a

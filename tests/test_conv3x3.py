@@ -160,6 +160,26 @@ def test_native_ops_are_chosen_when_lowering_for_an_accelerator(platform):
   assert dots(_lowered(dense_grad, "cpu", x, k))[0] == "tensor<32x3xf32>"
 
 
+def test_choosing_by_platform_stacks_no_extra_residuals():
+  """A scanned conditioner's compiled gradient (conv, ReLU, dense, ReLU, conv as in
+  the Glow) needs the same temporaries with the platform-chosen layers as with
+  the CPU kernels called directly: the choice adds no copies of the scan's
+  stacked residuals."""
+  def loss(conv, dense):
+    def body(h, k):
+      k_in, k_hidden, k_out = k
+      a = layers.relu(conv(h, k_in))
+      return jnp.tanh(conv(layers.relu(dense(a, k_hidden)), k_out)), None
+    return lambda ks, x: jnp.sum(jax.lax.scan(body, x, ks)[0])
+
+  ks = jnp.ones((3, 3, 3, 4, 16)), jnp.ones((3, 16, 16)), jnp.ones((3, 3, 3, 16, 4))
+  x = jnp.ones((2, 8, 8, 4))
+  temp = lambda f: jax.jit(jax.grad(f)).lower(ks, x).compile().memory_analysis(
+      ).temp_size_in_bytes
+  assert temp(loss(flows.conv3x3, flows.dense)) == temp(
+      loss(cpu_kernels.conv3x3, cpu_kernels.dense))
+
+
 _OK, _WHY = tpu.tpu_available()
 
 
@@ -178,8 +198,8 @@ def test_train_step_for_tpu_has_native_convolutions():
 
 def test_conv3x3_products_in_scan_have_the_fast_shapes():
   """In a scanned gradient (the Glow's), the products XLA:CPU runs slowly on some
-  shapes are formed the fast way round (``bench/README.md``, "What the profile
-  says"): a kernel gradient's columns are the side whose width is a multiple of 32
+  shapes are formed the fast way round (``bench/README.md``, "The CPU
+  kernels"): a kernel gradient's columns are the side whose width is a multiple of 32
   ((54, 32), not (32, 54)), and a product with 54 columns is padded to 64."""
   x = jnp.ones((2, 4, 5, 32))                    # 40 positions, width 32
   ks, ks_back = jnp.ones((2, 3, 3, 32, 6)), jnp.ones((2, 3, 3, 6, 32))

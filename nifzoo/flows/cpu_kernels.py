@@ -3,8 +3,8 @@
 On XLA:CPU native convolutions of the Glow's shapes run far below matmul speed,
 and the convolutions autodiff emits for their gradient run as a naive loop inside a
 scan's ``while``; the products XLA:CPU runs slowly on some shapes are formed the
-fast way round. Every choice here is measured in ``bench/README.md`` ("What the
-profile says"); :mod:`nifzoo.flows.layers` uses these functions on CPU only.
+fast way round. Every choice here is measured in ``bench/README.md`` ("The CPU
+kernels"); :mod:`nifzoo.flows.layers` uses these functions on CPU only.
 
   conv3x3(x, kernel)  (B, H, W, I), (3, 3, I, O) -> (B, H, W, O), 'SAME'
   dense(x, kernel)    (..., I), (I, O) -> (..., O)
