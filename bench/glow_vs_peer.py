@@ -10,6 +10,7 @@ threads. The peer runs in its own venv (see bench/README.md)::
     python bench/glow_vs_peer.py                    # 5 alternating repetitions
     python bench/glow_vs_peer.py --reps 3 --steps 8 --label after
     python bench/glow_vs_peer.py --no-extras        # train step only
+    python bench/glow_vs_peer.py --base PATH        # also another checkout's nifzoo
 
 Every measurement is a fresh subprocess (so peak RSS is its own); the cases are
 run in turn, repetition after repetition, so machine load hits all of them
@@ -21,6 +22,10 @@ alike. Cases:
   peer        normflows' train step (zero_grad, forward_kld, backward, Adam)
   matmul      float32 2048^2 matmul in jax: the machine's attainable GFLOP/s
   nifzoo-nif512 (extras) the same Glow with the NIF-512 prior (D = 3072)
+
+With ``--base PATH`` (another checkout of nifzoo, e.g. a ``git worktree`` at an
+older commit) each nifzoo case also runs from that tree (``<case>@base``), in the
+same rotation: before and after a change, in one run.
 
 plus, once per run (extras): sampling and log_prob throughput of both models,
 and XLA's own FLOP count of the step (cost analysis of the unrolled program: XLA
@@ -272,9 +277,9 @@ def worker_peer(steps, extras, threads):
 # ----------------------------------------------------------------------------
 
 
-def run_worker(cmd, env_extra=None):
+def run_worker(cmd, env_extra=None, tree=ROOT):
   env = dict(os.environ, **(env_extra or {}))
-  env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+  env["PYTHONPATH"] = str(tree) + os.pathsep + env.get("PYTHONPATH", "")
   t0 = time.perf_counter()
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
   if proc.returncode:
@@ -282,6 +287,11 @@ def run_worker(cmd, env_extra=None):
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   out["wall_s"] = time.perf_counter() - t0
   return out
+
+
+def git_head(tree: pathlib.Path) -> str:
+  return subprocess.run(["git", "-C", str(tree), "log", "-1", "--format=%h %s"],
+                        capture_output=True, text=True).stdout.strip()
 
 
 def _load() -> list[float]:
@@ -303,6 +313,8 @@ def main(argv=None):
                  help="skip NIF-512, sampling/log_prob and the XLA FLOP count")
   p.add_argument("--no-2dev", action="store_true", help="skip the 2-device case")
   p.add_argument("--label", default="", help="suffix of the JSON file name")
+  p.add_argument("--base", type=pathlib.Path, default=None,
+                 help="another nifzoo checkout whose nifzoo cases run too")
   p.add_argument("--worker", help=argparse.SUPPRESS)
   p.add_argument("--config", default=NIFZOO_CONFIG, help=argparse.SUPPRESS)
   p.add_argument("--extras", action="store_true", help=argparse.SUPPRESS)
@@ -334,6 +346,14 @@ def main(argv=None):
                              nz)}
   if not args.no_2dev:
     cases["nifzoo-2dev"] = (me + ["--worker=nifzoo"], two_dev)
+  trees = {}  # case -> the checkout it runs from, when not this one
+  if args.base is not None:  # Each nifzoo case, then the same from the base tree.
+    base = args.base.resolve()
+    for name, (cmd, env) in list(cases.items()):
+      cases[f"{name}@base"] = ([cmd[0], str(base / "bench" / "glow_vs_peer.py")]
+                               + cmd[2:], env)
+      trees[f"{name}@base"] = base
+    cases = {n: cases[n] for name in list(trees) for n in (name[:-5], name)}
   peer = [args.peer_python, __file__, f"--steps={args.steps}", "--worker=peer",
           f"--threads={args.threads}"]
   cases["peer"] = (peer, None)
@@ -351,8 +371,7 @@ def main(argv=None):
     cases["nifzoo-nif512"] = (me + ["--worker=nifzoo", f"--config={NIF_CONFIG}"],
                               nz)
 
-  git = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"],
-                capture_output=True, text=True).stdout.strip()
+  git = git_head(ROOT)
   print(f"nifzoo {git}\n{NIFZOO_CONFIG} vs normflows MultiscaleFlow, batch {BATCH},"
         f" {args.reps} reps x {args.steps} steps; load {_load()}", flush=True)
   runs = {name: [] for name in cases}
@@ -361,7 +380,7 @@ def main(argv=None):
       # Sampling/log_prob on the first repetition only.
       if extras and rep == 0 and name in ("nifzoo", "peer-passive"):
         cmd = cmd + ["--extras"]
-      r = run_worker(cmd, env)
+      r = run_worker(cmd, env, trees.get(name, ROOT))
       r["load"] = _load()
       runs[name].append(r)
       if "step_times" in r:
@@ -401,6 +420,10 @@ def main(argv=None):
                  if n.startswith("peer"))
   ratios = {n: s["images_per_s"]["median"] / peer_ips
             for n, s in summary.items() if not n.startswith("peer")}
+  for name in trees:
+    ratios[f"{name[:-len('@base')]} / base"] = (
+        summary[name[:-len("@base")]]["images_per_s"]["median"]
+        / summary[name]["images_per_s"]["median"])
   if "nifzoo-nif512" in summary:
     ratios["nif512_overhead"] = (summary["nifzoo"]["images_per_s"]["median"] /
                                  summary["nifzoo-nif512"]["images_per_s"]["median"]
@@ -432,6 +455,10 @@ def main(argv=None):
         f"{100 * s['fraction_of_matmul']:4.0f} {comp:8.1f} "
         f"{s['peak_rss_mb']:7.0f} {s.get('log_prob_images_per_s', 0):7.0f} "
         f"{s.get('sample_images_per_s', 0):7.0f}")
+  for name in trees:
+    key = f"{name[:-len('@base')]} / base"
+    say(f"{key}: {ratios[key]:.3f} (images/s, medians; base: "
+        f"{git_head(trees[name])})")
   if "nif512_overhead" in ratios:
     say(f"NIF-512 prior adds {100 * ratios['nif512_overhead']:.1f} % to the NF "
         "step")
@@ -448,7 +475,8 @@ def main(argv=None):
       config=dict(nifzoo=NIFZOO_CONFIG, nif=NIF_CONFIG, unrolled=UNROLLED_CONFIG,
                   batch=BATCH, lr=LR,
                   peer="normflows MultiscaleFlow, GlowBlock x 8 x 2, width 128",
-                  peer_threads=args.threads, reps=args.reps, steps=args.steps),
+                  peer_threads=args.threads, reps=args.reps, steps=args.steps,
+                  base=git_head(args.base) if args.base else None),
       train_flops=flops, matmul_gflops=matmul, **flop_count, ratios=ratios,
       summary=summary, runs=runs), indent=2) + "\n")
   md = out.with_suffix(".txt")

@@ -1,16 +1,15 @@
 """The coupling network's matrix products and shifted sum, each shape timed both ways.
 
-``flows.coupling`` picks how each product of the Glow's 3x3 and 1x1 convolutions is
-formed from timings of this kind on XLA:CPU (bench/README.md, "What the profile
-says"):
+``flows.cpu_kernels`` picks how each product of the Glow's 3x3 and 1x1 convolutions is
+formed from timings of this kind on XLA:CPU (bench/README.md, "The CPU kernels"):
 
 * a weight gradient ``a^T b`` (contracting the B H W positions) is formed as
   ``(M, N)`` or as ``(b^T a)^T``, whichever puts the operand whose width is a
-  multiple of 32 in the product's columns (``coupling._contract_positions``);
+  multiple of 32 in the product's columns (``cpu_kernels._contract_positions``);
 * a product with fewer than 64 columns gets zero columns up to a multiple of 16
-  (``coupling._pad_columns``);
+  (``cpu_kernels._pad_columns``);
 * the shifted sum (col2im) pads each tap's in-range slice, instead of slicing a
-  padded z (``coupling._shifted_sum``);
+  padded z (``cpu_kernels._shifted_sum``);
 * the activations are position-major, (B H W, C), not channel-major, (C, B H W):
   the nine products of the first scale's coupling network are timed both ways
   (channel-major weight gradients in whichever orientation is faster), and
@@ -18,7 +17,7 @@ says"):
 
 For each case the script times both forms alternately, one jitted program each
 (median of ``--reps`` calls, ``--rounds`` rounds, the fastest round kept), marks the
-one ``flows.coupling`` uses, and writes ``results/products.json``::
+one ``flows.cpu_kernels`` uses, and writes ``results/products.json``::
 
     python bench/products.py [--reps 30] [--rounds 3]
 """
@@ -45,7 +44,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from nifzoo.flows import coupling  # noqa: E402
+from nifzoo.flows import cpu_kernels  # noqa: E402
 
 # (positions, a's width, b's width): the weight gradients of the benchmark Glow
 # (width 128; 16 x 16 and 8 x 8 positions at batch 64) and of width 256.
@@ -83,22 +82,22 @@ def _compare(forms, args, reps, rounds):
 
 
 def _padded_slice_shifted_sum(z):
-  """The shifted sum as slices of the zero-padded z (the form before)."""
+  """The shifted sum as slices of the zero-padded z (the alternative)."""
   _, h, w, _, _ = z.shape
   zp = jnp.pad(z, ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0)))
-  return sum(zp[:, r:r + h, c:c + w, 3 * r + c] for r, c in coupling._TAPS)
+  return sum(zp[:, r:r + h, c:c + w, 3 * r + c] for r, c in cpu_kernels._TAPS)
 
 
 def _padded_product(x, w):
-  """``x @ w`` with w's columns padded as ``flows.coupling`` pads them, sliced back."""
-  return coupling._matmul(x, coupling._pad_columns(w))[:, :w.shape[1]]
+  """``x @ w`` with w's columns padded as ``flows.cpu_kernels`` pads them, sliced back."""
+  return cpu_kernels._matmul(x, cpu_kernels._pad_columns(w))[:, :w.shape[1]]
 
 
 def _layout_rows(normal, reps, rounds):
   """The coupling network's nine products (forward, dx, dk of its three layers)
-  position-major as ``flows.coupling`` forms them, against channel-major."""
+  position-major as ``flows.cpu_kernels`` forms them, against channel-major."""
   pos, c_in, f, c_out = LAYOUT
-  matmul = coupling._matmul
+  matmul = cpu_kernels._matmul
   nt = lambda a, b: jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())))
   # (product, contraction I, output O, kind): "fwd" a (positions, I) @ (I, O)
   # product (a forward, or a dx with I and O swapped), "narrow" the same with
@@ -118,7 +117,7 @@ def _layout_rows(normal, reps, rounds):
     if kind == "dk":
       a, b = normal(pos, i), normal(pos, o)
       args = (a, b, a.T, b.T)
-      t = _compare({"pm": lambda a, b, at, bt: coupling._contract_positions(a, b),
+      t = _compare({"pm": lambda a, b, at, bt: cpu_kernels._contract_positions(a, b),
                     "cm (I, O)": lambda a, b, at, bt: nt(at, bt),
                     "cm (O, I)": lambda a, b, at, bt: nt(bt, at)},
                    args, reps, rounds)
@@ -150,7 +149,7 @@ def main(argv=None):
   normal = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
   rows = []
 
-  matmul = coupling._matmul        # (M, K) @ (K, N); contract_a=0: (K, M)^T @ (K, N)
+  matmul = cpu_kernels._matmul        # (M, K) @ (K, N); contract_a=0: (K, M)^T @ (K, N)
   for pos, m, n in CONTRACTIONS:
     a, b = normal(pos, m), normal(pos, n)
     forms = {
@@ -158,7 +157,7 @@ def main(argv=None):
         f"({n}, {m})^T": lambda a, b: jax.lax.optimization_barrier(
             matmul(b, a, contract_a=0)).T,
     }
-    jaxpr = str(jax.make_jaxpr(coupling._contract_positions)(a, b))
+    jaxpr = str(jax.make_jaxpr(cpu_kernels._contract_positions)(a, b))
     chosen = f"({n}, {m})^T" if "optimization_barrier" in jaxpr else f"({m}, {n})"
     t = _compare(forms, (a, b), args.reps, args.rounds)
     rows.append(dict(case="weight gradient a^T b", positions=pos, a_width=m,
@@ -168,7 +167,7 @@ def main(argv=None):
 
   for pos, k, n in NARROW:
     x, w = normal(pos, k), normal(k, n)
-    padded = f"{coupling._pad_columns(w).shape[1]} columns"
+    padded = f"{cpu_kernels._pad_columns(w).shape[1]} columns"
     forms = {f"{n} columns": matmul,
              padded: _padded_product}
     t = _compare(forms, (x, w), args.reps, args.rounds)
@@ -178,8 +177,8 @@ def main(argv=None):
   for b, h, w, o in SHIFTED:
     z = normal(b, h, w, 9, o)
     forms = {"slices of padded z": _padded_slice_shifted_sum,
-             "padded in-range slices": coupling._shifted_sum}
-    np.testing.assert_allclose(_padded_slice_shifted_sum(z), coupling._shifted_sum(z),
+             "padded in-range slices": cpu_kernels._shifted_sum}
+    np.testing.assert_allclose(_padded_slice_shifted_sum(z), cpu_kernels._shifted_sum(z),
                                rtol=1e-6, atol=1e-5)
     t = _compare(forms, (z,), args.reps, args.rounds)
     rows.append(dict(case="shifted sum", shape=[b, h, w, 9, o],
@@ -195,7 +194,7 @@ def main(argv=None):
     times = ", ".join(f"{k}{' *' if k == row['used'] else ''} {v:.3f} ms"
                       for k, v in row["ms"].items())
     print(f"{row['case']:26s} {shape}: {times}")
-  print("(* the form flows.coupling uses)")
+  print("(* the form flows.cpu_kernels uses)")
   git = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h"],
                        capture_output=True, text=True).stdout.strip()
   out = dict(benchmark="products", git=git,

@@ -23,11 +23,11 @@ from nifzoo.flows.actnorm import is_initialized
 from nifzoo.flows.conv1x1 import InvConv1x1
 from nifzoo.flows.coupling import AdditiveCoupling
 from nifzoo.flows.coupling import AffineCoupling
-from nifzoo.flows.coupling import Conv3x3
+from nifzoo.flows.layers import Conv3x3
 from nifzoo.flows.coupling import ConvConditioner
-from nifzoo.flows.coupling import conv3x3
-from nifzoo.flows.coupling import Dense
-from nifzoo.flows.coupling import dense
+from nifzoo.flows.layers import conv3x3
+from nifzoo.flows.layers import Dense
+from nifzoo.flows.layers import dense
 from nifzoo.flows.coupling import MLPConditioner
 from nifzoo.flows.coupling import VectorAffineCoupling
 from nifzoo.flows.glow import Glow

@@ -10,9 +10,9 @@ compile time does not grow with depth.
 parameters and the same numbers. Unrolled, the program has no loop, so the
 reverse pass reads each step's saved activations where the forward pass wrote
 them; in a loop, XLA stacks them into zero-filled ``(num_steps, ...)`` buffers and
-copies each step's slice out again (on CPU about 40 % of the benchmark Glow step's
-time outside its matrix products). Unrolled, compile time grows with depth and
-the program needs more memory (``bench/README.md``, "Unrolled stacks").
+copies each step's slice out again. Unrolled, compile time grows with depth and
+the program needs more memory (both measured in ``bench/README.md``, "Unrolled
+stacks").
 Values in between (2 .. num_steps - 1) still stack and gain nothing here.
 
 The vmapped initialisers run as one jitted program, kept per (step, num_steps):
