@@ -32,7 +32,7 @@ import warnings
 
 ENV = "NIFZOO_COMPILATION_CACHE"
 # Programs that took less to compile are not written (eager JAX compiles one
-# tiny program per op; a digits model's method takes ~0.3-1 s).
+# tiny program per op; a model method's program takes longer than this).
 MIN_COMPILE_SECS = 0.1
 _OFF = ("0", "false", "off", "no")
 _ON = ("", "1", "true", "on", "yes")

@@ -22,8 +22,8 @@ How a call runs:
   of the model's parameters included), or by a tracer among the arguments. Also plain under ``jax.disable_jit()`` and after
   ``nifzoo.configure(compiled_methods=False)``.
 - **Otherwise**: a ``jax.jit`` of the method is called with the module as a
-  pytree argument (NNX modules are pytrees: flattening one takes ~0.1 ms where
-  ``nnx.split`` takes ~1 ms), the static arguments static (hashed, compared by
+  pytree argument (NNX modules are pytrees; flattening one is cheaper than
+  ``nnx.split``), the static arguments static (hashed, compared by
   value) and the array arguments as inputs. The module's *current* variables
   are the program's inputs, never baked-in constants: training,
   ``initialize``, ``nnx.update`` and a new ``zoo.load`` are honoured by the

@@ -7,11 +7,11 @@ Two settings that a library cannot change once the process is running, measured 
   NIF prior's k x k factor) in OpenBLAS, whose own threads then compete with XLA's
   for the cores. Read when numpy loads OpenBLAS.
 * ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``: XLA:CPU allocates the train step's
-  temporaries (the scan's stacked residuals, ~300 MB for the Glow benchmark) afresh
-  every step; glibc serves them with ``mmap`` and returns them with ``munmap``, so
-  every step faults in ~77,000 zeroed 4 KiB pages (0.25 s of kernel time per step
-  there). With this tunable glibc asks for transparent huge pages (2 MiB), which cuts
-  the faults to ~230 and the step by ~15 %. Read by the dynamic loader at process
+  temporaries (the scan's stacked residuals) afresh every step; glibc serves them
+  with ``mmap`` and returns them with ``munmap``, so every step faults in zeroed
+  4 KiB pages. With this tunable glibc asks for transparent huge pages (2 MiB),
+  which cuts the faults and the step time (figures: ``bench/README.md``,
+  "Memory"). Read by the dynamic loader at process
   start, so a running process must re-execute itself to get it
   (:func:`reexec_with_defaults`). Without transparent huge pages in the kernel, or
   outside glibc, it does nothing.

@@ -241,8 +241,8 @@ def buffer_assignment(dump_dir: str) -> dict:
   donated argument is counted with the arguments), by kind: parameters,
   output-only buffers, ``preallocated-temp`` and the rest (constants,
   thread-local scratch). ``total`` is checked against the dump's
-  memory-usage report. ``memory_analysis()`` overstates TPU temporaries by
-  30-50 %; this is what the compiler placed.
+  memory-usage report. ``memory_analysis()`` overstates TPU temporaries
+  (bench/README.md, "TPU fit without a TPU"); this is what the compiler placed.
   """
   files = glob.glob(os.path.join(dump_dir, "*after_optimizations-buffer-assignment.txt"))
   if not files:

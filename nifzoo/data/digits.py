@@ -44,7 +44,7 @@ class ArraySource:
 def _digits_csv() -> pathlib.Path | None:
   """scikit-learn's ``datasets/data/digits.csv.gz``, found without importing sklearn.
 
-  ``import sklearn`` takes about 2 s (it loads scipy); the file is what
+  ``import sklearn`` is slow (it loads scipy); the file is what
   ``sklearn.datasets.load_digits`` reads. None if it is not where it has been
   since scikit-learn 0.x (then ``load_digits_arrays`` asks sklearn itself)."""
   spec = importlib.util.find_spec("sklearn")  # Locates the package, runs nothing.

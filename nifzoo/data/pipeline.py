@@ -10,10 +10,8 @@
     .to_iter_dataset(ReadOptions(...))    # in-process reader threads, no workers
 
 Batching before ``to_iter_dataset`` makes the reader threads prefetch whole batches
-(each thread builds one): the consumer pops one future per step. Prefetching single
-examples and batching after made the training loop's own thread do per-example
-work (grain's prefetch polls its whole buffer on every example), on the step's
-critical path (``bench/input_pipeline.py`` times both); the batches are the same.
+(each thread builds one): the consumer pops one future per step, and no
+per-example work runs on the training loop's thread.
 The iterator position is a batch count (``{"next_index": step}`` for the training
 iterator).
 

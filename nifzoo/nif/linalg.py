@@ -66,8 +66,7 @@ def _gram_product(a):
 
     G = [[a₁ᵀa₁, a₁ᵀa₂], [(a₁ᵀa₂)ᵀ, a₂ᵀa₂]],
 
-  3Dk²/2 flops instead of 2Dk² (47 → 36 ms at D = 12288, k = 512 on 2 cores;
-  bench/README.md). XLA fuses a producer of ``a`` (the √prec scaling) into the
+  3Dk²/2 flops instead of 2Dk². XLA fuses a producer of ``a`` (the √prec scaling) into the
   two column slices, so A is still read once.
   """
   k = a.shape[-1]
@@ -128,8 +127,8 @@ class DenseLinear:
   def gram(self, prec):
     if prec.ndim == 1:  # (D,) -> (k, k), formed once for the whole batch
       # G = A_sᵀA_s with A_s = diag(√prec) A: one GEMM contracting the long
-      # axis D of the same operand twice, no transposed copy of A (2x faster on
-      # XLA:CPU than (Aᵀ·prec) @ A at D = 12288, k = 512; bench/README.md).
+      # axis D of the same operand twice, no transposed copy of A (faster on
+      # XLA:CPU than (Aᵀ·prec) @ A; bench/README.md, "The NIF prior's overhead").
       return gram_matrix(self.A * jnp.sqrt(prec)[:, None])
     return jnp.einsum("dk,bd,dl->bkl", self.A, prec, self.A,  # (B, k, k)
                       precision=HIGHEST)
