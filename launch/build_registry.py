@@ -43,7 +43,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def main(argv):
   del argv
   import json  # pylint: disable=g-import-not-at-top
-  from nifzoo import cards, configs, registry, tpu  # pylint: disable=g-import-not-at-top
+  from nifzoo import cards, configs, registry  # pylint: disable=g-import-not-at-top
   os.chdir(_ROOT)
   fit = None
   if _TPU_FIT.value and os.path.exists(_TPU_FIT.value):
@@ -51,7 +51,7 @@ def main(argv):
       fit = json.load(f)
   for name in configs.names():
     if not name.startswith("digits-"):
-      hardware = tpu.hardware_record(fit, name) if fit else None
+      hardware = cards.hardware_record(fit, name) if fit else None
       path = registry.write_paper_entry(name, _REGISTRY.value, hardware=hardware)
       print(f"wrote {path}")
   if _DIGITS.value:

@@ -29,7 +29,7 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data_dir (not for digits
 
 def main(argv):
   del argv
-  from nifzoo import configs, variables  # pylint: disable=g-import-not-at-top
+  from nifzoo import configs, registry, variables  # pylint: disable=g-import-not-at-top
   from nifzoo.evaluate import classifier  # pylint: disable=g-import-not-at-top
   data_config = configs.get_config(
       f"{_DATASET.value}-nf").data  # Any model of the dataset: same data config.

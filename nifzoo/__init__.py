@@ -1,8 +1,8 @@
 """nifzoo: a Flax NNX model zoo for noisy injective flows.
 
-Layout (data flows one way, nothing lower imports anything higher):
-``flows`` (bijections) and ``nif`` (dimension-changing layers) -> ``models`` ->
-``data`` -> ``train`` -> ``zoo``.
+Layout (nothing lower imports anything higher; README.md, "Layout"):
+``flows`` (bijections) -> ``nif`` (the Gaussian NIF layer) -> ``models`` ->
+``data`` -> ``variables`` -> ``registry`` -> ``zoo`` -> ``evaluate`` -> ``train``.
 """
 
 __version__ = "0.1.0"

@@ -96,14 +96,13 @@ def default_card(config, step: int | None = None) -> dict:
 
 def paper_card(name: str, config, hardware: dict | None = None) -> dict:
   """The card of one of the paper's models, which ships no weights;
-  ``hardware``: its record from bench/tpu_fit.py (``nifzoo.tpu``)."""
+  ``hardware``: its record from bench/tpu_fit.py (:func:`hardware_record`)."""
   card = default_card(config)
   card["training"] = ("Not trained here (paper scale, accelerators needed). The "
                       "paper's protocol: " + card["training"])
   if hardware:
-    from nifzoo import tpu  # pylint: disable=g-import-not-at-top
     card["training"] += (" Fits (TPU compile check, python bench/tpu_fit.py): "
-                         + tpu.hardware_summary(hardware) + ".")
+                         + hardware_summary(hardware) + ".")
   card["limitations"] = ("No weights ship: zoo.load refuses this name unless "
                          "init='random'. Train and register it with: "
                          + train_command(name))
@@ -183,3 +182,64 @@ def update_readme_table(readme: str, entries) -> None:
   _, tail = rest.split(TABLE_END, 1)
   with open(readme, "w") as f:
     f.write(f"{head}{TABLE_BEGIN}\n{markdown_table(entries)}\n{TABLE_END}{tail}")
+
+
+# ------------------------------------------------------------------ TPU fit records
+
+
+def hardware_record(fit: dict, name: str) -> dict | None:
+  """A registry entry's ``hardware`` record for ``name`` from a
+  ``bench/tpu_fit.py`` JSON: per TPU generation, whether the paper's batch fits
+  over the slice and on one chip (with the per-chip HBM) and the largest
+  per-chip batch that compiles. None when the JSON has no row for ``name``."""
+  rows = [r for r in fit["rows"] if r["config"] == name and "one_chip" in r]
+  if not rows:
+    return None
+  tpus = {}
+  for r in rows:
+    rec = {"usable_hbm_gib": r["usable_hbm_gib"]}
+    for where in ("slice", "one_chip"):
+      if where not in r:  # not compiled (yet)
+        continue
+      x = r[where]
+      rec[where] = {"topology": x["topology"], "per_chip_batch": x["per_chip_batch"],
+                    "fits": x["fits"]}
+      if x["fits"]:
+        rec[where]["hbm_gib"] = x["hbm_gib"]
+    if r.get("max_per_chip_batch") is not None:
+      rec["max_per_chip_batch"] = r["max_per_chip_batch"]
+    tpus[r["generation"]] = rec
+  return {"command": "python bench/tpu_fit.py",
+          "how": (f"compiled for TPU without one (libtpu {fit['libtpu']}, jax "
+                  f"{fit['jax']}): the train step at the paper's batch, "
+                  "data-parallel over a 4-chip slice and all on one chip; HBM "
+                  "per chip from the compiler's buffer assignment; largest "
+                  "per-chip batch (multiple of 8) that the compiler accepts on "
+                  "one chip"),
+          "batch": rows[0]["one_chip"]["global_batch"], "tpu": tpus}
+
+
+def hardware_summary(record: dict) -> str:
+  """:func:`hardware_lines` joined with ``; ``."""
+  return "; ".join(hardware_lines(record))
+
+
+def hardware_lines(record: dict) -> list[str]:
+  """One line per generation: ``v5e: batch 32 on one chip (5.10 of 15.75
+  GiB), 8/chip on v5e:2x2 (1.40 GiB); up to 288/chip``."""
+  out = []
+  for gen, r in record["tpu"].items():
+    o, s = r["one_chip"], r.get("slice")
+    one = (f"{o['per_chip_batch']} on one chip ({o['hbm_gib']:.2f} of "
+           f"{r['usable_hbm_gib']} GiB)" if o["fits"] else
+           f"{o['per_chip_batch']} does not fit one chip")
+    if s is None:
+      sl = ""
+    elif s["fits"]:
+      sl = f", {s['per_chip_batch']}/chip on {s['topology']} ({s['hbm_gib']:.2f} GiB)"
+    else:
+      sl = f", does not fit {s['topology']}"
+    top = r.get("max_per_chip_batch")
+    out.append(f"{gen}: batch {one}{sl}"
+               + (f", up to {top}/chip" if top is not None else ""))
+  return out

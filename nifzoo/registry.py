@@ -298,7 +298,7 @@ def register(workdir: str, registry_dir: str, *, name: str | None = None,
 def write_paper_entry(name: str, registry_dir: str,
                       hardware: dict | None = None) -> str:
   """An entry without a checkpoint for one of the paper's models; ``hardware``:
-  its record from bench/tpu_fit.py (``nifzoo.tpu.hardware_record``)."""
+  its record from bench/tpu_fit.py (``cards.hardware_record``)."""
   config = configs.get_config(name)
   data = _new_entry(name, config, name, checkpoint=None, metrics={},
                     training=None, card=cards.paper_card(name, config, hardware))

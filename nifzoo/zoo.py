@@ -85,9 +85,8 @@ def info(name: str, *, registry=None) -> str:
     if rest:
       lines.append(f"    {rest}")
   if d.get("hardware"):
-    from nifzoo import tpu  # pylint: disable=g-import-not-at-top
     lines.append(f"  fits (TPU compile check, {d['hardware']['command']}):")
-    lines += [f"    {x}" for x in tpu.hardware_lines(d["hardware"])]
+    lines += [f"    {x}" for x in cards.hardware_lines(d["hardware"])]
   for field in ("training", "intended_use", "limitations"):
     lines.append(f"  {field.replace('_', ' ')}: {d['card'][field]}")
   return "\n".join(lines)

@@ -89,3 +89,25 @@ def gcs_path(gcs, request):
   """A fresh gs://<bucket>/<test name>-<uuid8> prefix (no trailing slash)."""
   return gcs.prefix(request.node.name)
 # ---- end of the GCS emulator fixtures ---------------------------------------
+
+
+# ---- The tiny trained-and-registered model (tests/helpers.py) ---------------
+@_pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, worker_id):
+  """(workdir, registry dir, loop result) of one tiny digits-nif4 run,
+  registered as ``helpers.TINY_NAME``. Trained once per session: the xdist
+  workers share it through their common temp root under a file lock. Shared
+  and read-only: copy it (``helpers.copy_tree``) before changing it."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  import helpers  # pylint: disable=g-import-not-at-top
+  base = tmp_path_factory.getbasetemp()
+  root = (base if worker_id == "master" else base.parent) / "tiny_run"
+  root.mkdir(exist_ok=True)
+  with open(root / "lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (root / "result.json").exists():
+      helpers.train_tiny(str(root))
+    fcntl.flock(lock, fcntl.LOCK_UN)
+  result = json.loads((root / "result.json").read_text())
+  return str(root / "run"), str(root / "reg"), result

@@ -34,7 +34,6 @@ from nifzoo import fileio
 from nifzoo import registry
 from nifzoo import zoo
 from nifzoo import variables
-from nifzoo.train import checkpoint as ckpt_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "launch", "train.py")

@@ -21,12 +21,7 @@ from nifzoo.evaluate import probe
 from nifzoo.evaluate import sweep
 from nifzoo.evaluate import tables
 
-
-def _perturb(model, scale, seed):
-  rng = np.random.default_rng(seed)
-  params = nnx.state(model, nnx.Param)
-  nnx.update(model, jax.tree.map(
-      lambda p: p + jnp.asarray(scale * rng.normal(size=p.shape), p.dtype), params))
+import helpers
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +40,7 @@ def tiny_models(test_images):
   for name in ("digits-nf,tiny", "digits-nif4,tiny"):
     m = models.build(configs.get_config(name), rngs=models.seeded_rngs(0))
     m.initialize(jnp.asarray(test_images))
-    _perturb(m, 0.02, seed=1)
+    helpers.perturb(m, 0.02, seed=1)
     out[m.prior.name] = m
   return out
 

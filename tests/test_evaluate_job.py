@@ -18,14 +18,14 @@ from nifzoo import configs
 from nifzoo import evaluate
 from nifzoo import models
 from nifzoo import registry
-from nifzoo import zoo
 from nifzoo.evaluate import claims
 from nifzoo.evaluate import classifier
 from nifzoo.evaluate import config as config_lib
 from nifzoo.evaluate import inception
 from nifzoo.evaluate import job
 from nifzoo.evaluate import metrics
-from nifzoo.train import loop
+
+import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -196,14 +196,10 @@ def test_launcher_names_an_unknown_evaluation():
 
 
 @pytest.fixture(scope="module")
-def tiny_entry(tmp_path_factory):
+def tiny_entry(tiny_run, tmp_path_factory):
+  """(a private copy of the tiny run's registry, a scratch directory)."""
   root = tmp_path_factory.mktemp("eval")
-  workdir, reg = str(root / "run"), str(root / "reg")
-  c = configs.get_config("digits-nif4,tiny")
-  c.total_steps, c.checkpoint_every, c.sample_every, c.log_every = 4, 4, 100, 4
-  loop.train_and_evaluate(c, workdir)
-  registry.register(workdir, reg, name="digits-nif4-tiny", command="tiny run")
-  return reg, str(root)
+  return helpers.copy_tree(tiny_run[1], root), str(root)
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from scipy import stats
 
 from nifzoo.nif import GaussianNIF
 from nifzoo.experimental import UpsampleNIF
+import helpers
 from nif_oracles import dense_upsampling
 
 # (H, W, C), (rh, rw): square, non-square and one-sided factors.
@@ -59,22 +60,13 @@ def make_case(shape, factors, seed=0):
 CASES = {c: make_case(*c, seed=i) for i, c in enumerate(CONFIGS)}
 
 
-@nnx.jit
-def quantities(layer, x, s):
-  return dict(log_prob=layer.log_prob(x, noise_scale=s),
-              log_h=layer.log_normalizer(x, noise_scale=s),
-              q=layer.stochastic_inverse(x, noise_scale=s),
-              post=layer.posterior(x, noise_scale=s),
-              elbo=layer.elbo(x, noise_scale=s))
-
-
 @pytest.mark.parametrize("shape,factors", CONFIGS)
 @pytest.mark.parametrize("s", SCALES)
 def test_matches_dense_oracle(shape, factors, s):
   layer, (A, b, lv), x = CASES[(shape, factors)]
   latent = layer.latent_shape
   assert latent == (shape[0] // factors[0], shape[1] // factors[1], shape[2])
-  got = quantities(layer, x, s)
+  got = helpers.quantities(layer, x, s)
   want = oracle(A, b, lv, x.reshape(4, -1).astype(np.float64), s)
   for name in ("log_prob", "log_h", "elbo"):
     assert got[name].shape == (4,)
@@ -98,7 +90,7 @@ def test_equals_gaussian_nif_with_dense_a():
   dense.log_var[...] = jnp.asarray(lv, jnp.float32)
   xf = x.reshape(4, -1)
   for s in (0.3, 1.5):
-    got, want = quantities(layer, x, s), quantities(dense, xf, s)
+    got, want = helpers.quantities(layer, x, s), helpers.quantities(dense, xf, s)
     for name in ("log_prob", "log_h", "elbo"):
       np.testing.assert_allclose(got[name], want[name], **TOL)
     np.testing.assert_allclose(got["q"][0].reshape(4, -1), want["q"][0], atol=1e-4)
@@ -122,7 +114,7 @@ def iw(layer, x, key, n, s):
 def test_iw_bound():
   layer, (A, b, lv), x = CASES[CONFIGS[0]]
   s = 1.5
-  got = quantities(layer, x, s)
+  got = helpers.quantities(layer, x, s)
   one = np.asarray(iw(layer, np.repeat(x, 1000, 0), jax.random.key(0), 1, s))
   one = one.reshape(4, 1000)
   np.testing.assert_allclose(one.mean(1), got["elbo"],

@@ -19,6 +19,8 @@ from scipy import integrate, stats
 from nifzoo.nif import GaussianNIF
 from nifzoo.nif import linalg
 
+import helpers
+
 CONFIGS = [(5, 2), (4, 1), (7, 3)]
 SCALES = [0.3, 1.0, 2.0]
 TOL = dict(rtol=2e-4, atol=2e-3)
@@ -97,16 +99,6 @@ def make_x(params, n=4, seed=1):
 CASES = {(D, k): make_layer(D, k, seed=D + k) for D, k in CONFIGS}
 
 
-@nnx.jit
-def quantities(layer, x, s):
-  """Every closed-form quantity at once: one compile per shape (s is traced)."""
-  return dict(log_prob=layer.log_prob(x, noise_scale=s),
-              log_h=layer.log_normalizer(x, noise_scale=s),
-              q=layer.stochastic_inverse(x, noise_scale=s),
-              post=layer.posterior(x, noise_scale=s),
-              elbo=layer.elbo(x, noise_scale=s))
-
-
 log_prob = nnx.jit(lambda layer, x, s: layer.log_prob(x, noise_scale=s))
 
 
@@ -118,7 +110,7 @@ def iw(layer, x, key, n, s=1.0, log_prior=None):
 def case(D, k, s=1.0):
   layer, params = CASES[(D, k)]
   x = make_x(params)
-  return layer, params, x, x.astype(np.float64), quantities(layer, x, s)
+  return layer, params, x, x.astype(np.float64), helpers.quantities(layer, x, s)
 
 
 grid = pytest.mark.parametrize("D,k", CONFIGS)

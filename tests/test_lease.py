@@ -197,7 +197,7 @@ def _race(workdir, existing, n):
   try:
     assert len(winners) == 1, results
     assert token(workdir) == winners[0].token
-    assert all("is in use by another trainer" in r for r in results if r != "won")
+    assert all("is in use by another trainer" in r for r in results if r != "won"), results
   finally:
     for l in leases:
       l.release()

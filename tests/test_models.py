@@ -15,18 +15,12 @@ from nifzoo import data
 from nifzoo import flows
 from nifzoo import models
 
+import helpers
+
 
 def rngs(seed):
   # "rbg" keys: on CPU, XLA compiles each eager threefry draw for about a second.
   return nnx.Rngs(jax.random.key(seed, impl="rbg"))
-
-
-def _perturb(model, scale, seed):
-  """Adds noise to every parameter so no zero-init makes a check trivial."""
-  rng = np.random.default_rng(seed)
-  params = nnx.state(model, nnx.Param)
-  nnx.update(model, jax.tree.map(
-      lambda p: p + jnp.asarray(scale * rng.normal(size=p.shape), p.dtype), params))
 
 
 def _config(kind):
@@ -49,7 +43,7 @@ def trained_like(request, digits_batch):
   config = _config(request.param)
   model = models.build(config, rngs=rngs(0))
   model.initialize(digits_batch)
-  _perturb(model, 0.02, seed=1)
+  helpers.perturb(model, 0.02, seed=1)
   return request.param, model
 
 
@@ -145,7 +139,7 @@ def test_decode_at_s0_lies_on_the_manifold(trained_like):
 def test_nif_closed_form_equals_dense_gaussian_prior(digits_batch):
   model = models.build(_config("nif"), rngs=rngs(1))
   model.initialize(digits_batch)
-  _perturb(model, 0.05, seed=2)
+  helpers.perturb(model, 0.05, seed=2)
   lp = model.log_prob(digits_batch, noise_scale=0.7)
   v, log_det = model.flow_latent(digits_batch)
   a = np.asarray(model.nif.A[...], np.float64)
@@ -206,7 +200,7 @@ def test_total_log_det_equals_jacfwd():
                            **m, rngs=rngs(0))
   x = jax.random.randint(jax.random.key(0), (3, 4, 4, 1), 0, 8)
   model.initialize(x)
-  _perturb(model, 0.1, seed=5)
+  helpers.perturb(model, 0.1, seed=5)
   key = jax.random.key(1)
   v, log_det = model.flow_latent(x, key=key)
   y, _ = model.preprocess.dequantize.forward(x, key=key)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from nifzoo import cards
 from nifzoo import configs
 from nifzoo import mesh as mesh_lib
 from nifzoo import models
@@ -264,7 +265,7 @@ def test_paper_entries_carry_the_bench_hardware_records():
       continue
     path = registry.entry_path(str(root / "registry"), name)
     entry = registry.read_entry(path)  # validates the schema
-    want = tpu.hardware_record(fit, name)
+    want = cards.hardware_record(fit, name)
     assert entry.data.get("hardware") == want, name
     if want:
       assert "v5e" in want["tpu"]

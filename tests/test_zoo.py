@@ -18,8 +18,8 @@ from nifzoo import models
 from nifzoo import registry
 from nifzoo import variables
 from nifzoo import zoo
-from nifzoo.evaluate import metrics
-from nifzoo.train import loop
+
+import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = ("digits-nf", "digits-nif4", "digits-nif8", "digits-nif16", "digits-nif32")
@@ -29,17 +29,10 @@ DEEP = ("digits-deepnif8", "digits-deepnif16")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  """A tiny run (4 steps) and its registration: (workdir, registry dir, result)."""
-  root = tmp_path_factory.mktemp("zoo")
-  workdir, reg = str(root / "run"), str(root / "reg")
-  c = configs.get_config("digits-nif4,tiny")
-  c.total_steps, c.checkpoint_every, c.sample_every, c.log_every = 4, 4, 100, 4
-  result = loop.train_and_evaluate(c, workdir)
-  registry.register(workdir, reg, name="digits-nif4-mine",
-                    metrics=metrics.bits_per_dim_metric(result["test_eval"], "pytest"),
-                    command="pytest")
-  return workdir, reg, result
+def trained(tiny_run):
+  """The session's tiny run (4 steps) and its registration: (workdir, registry
+  dir, result)."""
+  return tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +40,6 @@ def images():
   c = configs.get_config("digits-nif4")
   src = data.get_source(c.data, "test")
   return np.stack([src[i]["image"] for i in range(16)]).astype(np.int32)
-
-
-def _copy_registry(reg, tmp_path):
-  dst = str(tmp_path / "reg")
-  shutil.copytree(reg, dst)
-  return dst
 
 
 # ------------------------------------------------------------------ entries
@@ -128,10 +115,10 @@ def test_entry_without_checkpoint_refuses_unless_random():
 
 def test_user_registry_overlays_the_packaged_one(trained, tmp_path, monkeypatch):
   _, reg, _ = trained
-  assert "digits-nif4-mine" not in zoo.list()
-  assert "digits-nif4-mine" in zoo.list("digits-*", registry=reg)
+  assert "digits-nif4-tiny" not in zoo.list()
+  assert "digits-nif4-tiny" in zoo.list("digits-*", registry=reg)
   monkeypatch.setenv("NIFZOO_REGISTRY", reg)
-  assert "digits-nif4-mine" in zoo.list()
+  assert "digits-nif4-tiny" in zoo.list()
   # An entry in a user registry shadows the packaged one of the same name.
   d = _valid_entry()
   d["card"]["summary"] = "my own celeba-nif128"
@@ -146,8 +133,8 @@ def test_user_registry_overlays_the_packaged_one(trained, tmp_path, monkeypatch)
 def test_register_round_trip_and_workdir_load_agree(trained, images):
   workdir, reg, result = trained
   from_dir = zoo.load(workdir)
-  from_reg = zoo.load("digits-nif4-mine", registry=reg)
-  assert from_dir.entry is None and from_reg.entry.name == "digits-nif4-mine"
+  from_reg = zoo.load("digits-nif4-tiny", registry=reg)
+  assert from_dir.entry is None and from_reg.entry.name == "digits-nif4-tiny"
   assert from_reg.config.model.width == 8  # The tiny overrides came back.
   a = np.asarray(from_dir.log_prob(images))
   b = np.asarray(from_reg.log_prob(images))
@@ -159,7 +146,7 @@ def test_register_round_trip_and_workdir_load_agree(trained, images):
   # The registry checkpoint holds variables only: no optimiser state.
   import orbax.checkpoint as ocp
   meta = ocp.StandardCheckpointer().metadata(
-      registry.find("digits-nif4-mine", registry=reg).checkpoint_path())
+      registry.find("digits-nif4-tiny", registry=reg).checkpoint_path())
   tree = meta.item_metadata.tree
   assert set(tree) == {"params", "rest"}
 
@@ -187,8 +174,8 @@ def test_workdir_load_equals_the_training_state(trained, images):
 
 def test_tampered_and_truncated_checkpoints_are_refused(trained, tmp_path):
   _, reg, _ = trained
-  reg = _copy_registry(reg, tmp_path)
-  ckpt = registry.find("digits-nif4-mine", registry=reg).checkpoint_path()
+  reg = helpers.copy_tree(reg, tmp_path)
+  ckpt = registry.find("digits-nif4-tiny", registry=reg).checkpoint_path()
   files = sorted(os.path.join(d, f) for d, _, fs in os.walk(ckpt) for f in fs)
   biggest = max(files, key=os.path.getsize)
   original = open(biggest, "rb").read()
@@ -196,49 +183,49 @@ def test_tampered_and_truncated_checkpoints_are_refused(trained, tmp_path):
   flipped[len(flipped) // 2] ^= 1
   open(biggest, "wb").write(bytes(flipped))
   with pytest.raises(zoo.ZooError, match="does not match the hash"):
-    zoo.load("digits-nif4-mine", registry=reg)
+    zoo.load("digits-nif4-tiny", registry=reg)
   open(biggest, "wb").write(original[: len(original) // 2])
   with pytest.raises(zoo.ZooError, match="does not match the hash"):
-    zoo.load("digits-nif4-mine", registry=reg)
+    zoo.load("digits-nif4-tiny", registry=reg)
   shutil.rmtree(ckpt)
   with pytest.raises(zoo.ZooError, match="missing"):
-    zoo.load("digits-nif4-mine", registry=reg)
+    zoo.load("digits-nif4-tiny", registry=reg)
 
 
 def test_an_unreadable_checkpoint_with_a_matching_hash_is_refused(trained, tmp_path):
   """A damaged file whose hash was (wrongly) re-recorded still never loads."""
   _, reg, _ = trained
-  reg = _copy_registry(reg, tmp_path)
-  e = registry.find("digits-nif4-mine", registry=reg)
+  reg = helpers.copy_tree(reg, tmp_path)
+  e = registry.find("digits-nif4-tiny", registry=reg)
   meta = os.path.join(e.checkpoint_path(), "_METADATA")
   open(meta, "w").write("garbage")
   d = dict(e.data, checkpoint=dict(e.checkpoint, sha256=variables.hash_directory(
       e.checkpoint_path())))
   registry.write_entry(reg, d)
   with pytest.raises(zoo.CheckpointError, match="checkpoint at"):
-    zoo.load("digits-nif4-mine", registry=reg)
+    zoo.load("digits-nif4-tiny", registry=reg)
 
 
 def test_other_wiring_is_refused_naming_the_fields(trained, tmp_path):
   _, reg, _ = trained
-  reg = _copy_registry(reg, tmp_path)
-  e = registry.find("digits-nif4-mine", registry=reg)
+  reg = helpers.copy_tree(reg, tmp_path)
+  e = registry.find("digits-nif4-tiny", registry=reg)
   wiring = dict(e.data["wiring"], revision=1)
   wiring["model.squeeze"] = "glow"
   registry.write_entry(reg, dict(e.data, wiring=wiring))
   with pytest.raises(zoo.ZooError, match="model.squeeze.*revision|revision.*model.squeeze"):
-    zoo.load("digits-nif4-mine", registry=reg)
+    zoo.load("digits-nif4-tiny", registry=reg)
 
 
 def test_shape_mismatch_names_the_parameter(trained, tmp_path):
   _, reg, _ = trained
-  reg = _copy_registry(reg, tmp_path)
-  e = registry.find("digits-nif4-mine", registry=reg)
+  reg = helpers.copy_tree(reg, tmp_path)
+  e = registry.find("digits-nif4-tiny", registry=reg)
   overrides = dict(e.data["overrides"], **{"model.latent_dim": 5})
   wiring = dict(e.data["wiring"], **{"model.latent_dim": 5})
   registry.write_entry(reg, dict(e.data, overrides=overrides, wiring=wiring))
   with pytest.raises(zoo.CheckpointError, match=r"params/nif/A.*\(64, 4\).*\(64, 5\)"):
-    zoo.load("digits-nif4-mine", registry=reg)
+    zoo.load("digits-nif4-tiny", registry=reg)
 
 
 def test_random_init_of_an_entry_without_checkpoint_is_usable(tmp_path, images):
@@ -258,12 +245,11 @@ def test_paper_entries_are_what_write_paper_entry_writes(tmp_path):
   """launch/build_registry.py's paper entries, rewritten from the configs, the
   paper's tables and bench/results/tpu_fit.json, equal the packaged files
   byte for byte."""
-  from nifzoo import tpu
   fit = json.load(open(os.path.join(ROOT, "bench", "results", "tpu_fit.json")))
   paper = [n for n in configs.names() if not n.startswith("digits-")]
   for name in paper:
     written = registry.write_paper_entry(name, str(tmp_path),
-                                         hardware=tpu.hardware_record(fit, name))
+                                         hardware=cards.hardware_record(fit, name))
     packaged = registry.entry_path(registry.packaged_dir(), name)
     assert open(written).read() == open(packaged).read(), name
 
@@ -272,11 +258,11 @@ def test_registered_entry_records_the_run(trained):
   """register's entry: the tiny overrides on the base config, the run's
   wiring and step, and a hash of exactly the exported files."""
   workdir, reg, _ = trained
-  e = registry.find("digits-nif4-mine", registry=reg)
+  e = registry.find("digits-nif4-tiny", registry=reg)
   assert e.data["config"] == "digits-nif4" and e.data["training"] == {"command": "pytest"}
   assert e.data["overrides"]["model.width"] == 8
   assert e.data["wiring"] == json.load(open(os.path.join(workdir, variables.WIRING_FILE)))
-  assert e.checkpoint["step"] == 4 and e.checkpoint["uri"] == "checkpoints/digits-nif4-mine"
+  assert e.checkpoint["step"] == 4 and e.checkpoint["uri"] == "checkpoints/digits-nif4-tiny"
   assert e.checkpoint["sha256"] == variables.hash_directory(e.checkpoint_path())
   assert e.data["card"] == cards.default_card(variables.workdir_config(workdir), 4)
 
@@ -370,7 +356,7 @@ print(json.dumps(float(np.max(np.abs(np.asarray(lp8) - np.asarray(lp1))))))
 def test_load_onto_an_8_device_mesh_matches_one_device(trained, images, tmp_path):
   _, reg, _ = trained
   np.save(tmp_path / "x.npy", images)
-  out = subprocess.run([sys.executable, "-c", _MESH_CODE, reg, "digits-nif4-mine",
+  out = subprocess.run([sys.executable, "-c", _MESH_CODE, reg, "digits-nif4-tiny",
                         str(tmp_path / "x.npy")], capture_output=True, text=True,
                        timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
@@ -408,8 +394,7 @@ def test_registry_is_found_after_a_plain_pip_install(tmp_path):
           "print(m.sample(jax.random.key(0), 4, noise_scale=0.0).shape)\n"
           # A notebook's zoo.load pulls in neither the training loop nor TensorFlow.
           "import sys\nassert 'tensorflow' not in sys.modules\n"
-          "assert 'nifzoo.train.loop' not in sys.modules\n"
-          "assert 'nifzoo.train.checkpoint' not in sys.modules\n")
+          "assert not [m for m in sys.modules if m.startswith('nifzoo.train')]\n")
   env = {**os.environ, "PYTHONPATH": str(target)}
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        cwd=str(tmp_path), env=env, timeout=600)

@@ -19,7 +19,7 @@ offline FD), ``inception`` (Inception-v3 pool3 features, user weights),
 ``metrics`` (the one builder of registry metrics, and their names),
 ``tables`` (the paper's Tables 1 and 2 from measured metrics), ``programs``
 (a module's computation compiled over the mesh), ``progress`` (the progress
-line), ``priors`` (what the evaluations ask of a model's prior).
+line), ``claims`` (the digits results page's verdicts).
 """
 
 from nifzoo.evaluate.bpd import bits_per_dim
