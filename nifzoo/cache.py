@@ -41,6 +41,13 @@ _ON = ("", "1", "true", "on", "yes")
 # "user" (configured outside nifzoo), "off" (NIFZOO_COMPILATION_CACHE=0 or
 # configure(compilation_cache=False)), None (not applied yet).
 _STATE = {"source": None, "dir": None}
+# nifzoo.configure(compiled_methods=...), read by nifzoo.compiled on every call.
+_COMPILED_METHODS = [True]
+
+
+def compiled_methods() -> bool:
+  """Whether the models' public methods run compiled (:mod:`nifzoo.compiled`)."""
+  return _COMPILED_METHODS[0]
 
 
 def default_dir() -> str:
@@ -121,8 +128,7 @@ def configure(*, compilation_cache=None, compiled_methods=None) -> dict:
       (:mod:`nifzoo.compiled`). ``None``: unchanged.
   """
   if compiled_methods is not None:
-    from nifzoo import compiled  # pylint: disable=g-import-not-at-top
-    compiled.set_enabled(compiled_methods)
+    _COMPILED_METHODS[0] = bool(compiled_methods)
   if compilation_cache is not None:
     import jax  # pylint: disable=g-import-not-at-top
     if compilation_cache is False:
@@ -139,6 +145,4 @@ def configure(*, compilation_cache=None, compiled_methods=None) -> dict:
 
 def status() -> dict:
   """``{"source": "nifzoo" | "user" | "off" | None, "dir": ..., "compiled_methods": ...}``."""
-  import sys  # pylint: disable=g-import-not-at-top
-  compiled = sys.modules.get("nifzoo.compiled")
-  return dict(_STATE, compiled_methods=compiled.enabled() if compiled else True)
+  return dict(_STATE, compiled_methods=_COMPILED_METHODS[0])

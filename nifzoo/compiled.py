@@ -68,18 +68,12 @@ except ImportError:  # pragma: no cover - other jax versions: tracers only.
 
 _cache.apply_default()
 
-# nifzoo.configure(compiled_methods=...).
-_ENABLED = [True]
-
 _DYNAMIC_LEAVES = (jax.Array, np.ndarray, np.generic, float, int, complex)
 
 
-def set_enabled(enabled: bool) -> None:
-  _ENABLED[0] = bool(enabled)
-
-
 def enabled() -> bool:
-  return _ENABLED[0]
+  """False after ``nifzoo.configure(compiled_methods=False)`` (op by op)."""
+  return _cache.compiled_methods()
 
 
 class _Static:
@@ -155,7 +149,7 @@ def method(*, static: Iterable[str] = (), concrete: Iterable[str] = (),
 
     @functools.wraps(fn)
     def wrapper(self, *args, **kwargs):
-      if not _ENABLED[0] or jax.config.jax_disable_jit or tracing(args, kwargs):
+      if not enabled() or jax.config.jax_disable_jit or tracing(args, kwargs):
         return fn(self, *args, **kwargs)
       bound = sig.bind(self, *args, **kwargs)
       bound.apply_defaults()
