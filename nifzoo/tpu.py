@@ -151,13 +151,10 @@ def abstract_inputs(config, mesh, global_batch: int):
 
 
 def lower_train_step(config, mesh, global_batch: int):
-  """The train step lowered as the training loop jits it (donating the state,
-  replicated outputs; ``nifzoo.train.loop.train_and_evaluate``)."""
+  """The training loop's jitted train step (``step.jit_train_step``) lowered
+  on abstract inputs."""
   graphdef, tx, state, images = abstract_inputs(config, mesh, global_batch)
-  repl = mesh_lib.replicated(mesh)
-  step = jax.jit(step_lib.make_train_step(graphdef, tx, config),
-                 donate_argnums=(0,), out_shardings=(repl, repl))
-  return step.lower(state, images)
+  return step_lib.jit_train_step(graphdef, tx, config, mesh).lower(state, images)
 
 
 @dataclasses.dataclass

@@ -159,9 +159,7 @@ def _train(config, workdir: str, lease: lease_lib.Lease) -> dict:
   writer.write_hparams({k: v for k, v in hparams.items()
                         if isinstance(v, (int, float, str, bool))})
 
-  repl = mesh_lib.replicated(mesh)
-  train_step = jax.jit(step_lib.make_train_step(graphdef, tx, config),
-                       donate_argnums=(0,), out_shardings=(repl, repl))
+  train_step = step_lib.jit_train_step(graphdef, tx, config, mesh)
   sample_fn = make_sample_fn(graphdef)
   final_eval = {}
   sample_key = jax.random.key(config.seed + 2)

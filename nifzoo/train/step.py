@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from nifzoo import mesh as mesh_lib
+
 
 class TrainState(NamedTuple):
   step: jax.Array          # int32 scalar: number of updates applied.
@@ -153,3 +155,12 @@ def make_train_step(graphdef, tx, config):
     return new_state, metrics
 
   return step_fn
+
+
+def jit_train_step(graphdef, tx, config, mesh):
+  """:func:`make_train_step` jitted as the training loop runs it: the state is
+  donated (updated in place) and the outputs are replicated over ``mesh``.
+  The TPU compile check (``nifzoo.tpu``) lowers this same program."""
+  repl = mesh_lib.replicated(mesh)
+  return jax.jit(make_train_step(graphdef, tx, config),
+                 donate_argnums=(0,), out_shardings=(repl, repl))
