@@ -91,15 +91,21 @@ def batch_sharded(mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def check_batch_size(global_batch_size: int) -> int:
-  """The global batch must divide by the number of processes and of devices."""
-  for what, n in (("processes", jax.process_count()),
-                  ("devices", jax.device_count())):
+def check_batch_size(global_batch_size: int, *, process_count: int | None = None,
+                     device_count: int | None = None,
+                     name: str = "batch_size") -> int:
+  """The global batch must divide by the number of processes (each reads its
+  share) and of devices (each computes its share); returns the per-process
+  batch. Counts default to this job's; ``device_count=1`` for a batch that is
+  not sharded over the devices."""
+  process_count = jax.process_count() if process_count is None else process_count
+  device_count = jax.device_count() if device_count is None else device_count
+  for what, n in (("processes", process_count), ("devices", device_count)):
     if global_batch_size % n:
       raise ValueError(
-          f"batch_size={global_batch_size} must be divisible by the number of "
+          f"{name}={global_batch_size} is not divisible by the number of "
           f"{what} ({n}); choose a multiple of {n}.")
-  return global_batch_size // jax.process_count()
+  return global_batch_size // process_count
 
 
 def global_batch(mesh, local_batch: np.ndarray) -> jax.Array:

@@ -36,6 +36,7 @@ import numpy as np
 from etils import epath
 
 from nifzoo import checks
+from nifzoo import mesh as mesh_lib
 from nifzoo.data import sources
 
 
@@ -124,12 +125,9 @@ def make_dataset(
   """
   global_batch_size = checks.check_positive_int(global_batch_size, "global_batch_size")
   process_index, process_count = _process_index_count(process_index, process_count)
-  if global_batch_size % process_count:
-    raise ValueError(
-        f"global_batch_size={global_batch_size} is not divisible by the number of "
-        f"processes ({process_count}); every process reads global_batch_size / "
-        f"process_count examples per step.")
-  local_batch = global_batch_size // process_count
+  local_batch = mesh_lib.check_batch_size(
+      global_batch_size, process_count=process_count, device_count=1,
+      name="global_batch_size")
 
   source = sources.get_source(data_config, split)
   start, stop = shard_bounds(len(source), process_index, process_count)

@@ -47,9 +47,7 @@ def eval_batches(data_config, split: str, batch_size: int, *,
   batch_size = checks.check_positive_int(batch_size, "batch_size")
   pi = jax.process_index() if process_index is None else int(process_index)
   pc = jax.process_count() if process_count is None else int(process_count)
-  if batch_size % pc:
-    raise ValueError(f"batch_size={batch_size} must be divisible by the number "
-                     f"of processes ({pc}).")
+  mesh_lib.check_batch_size(batch_size, process_count=pc, device_count=1)
   return _batches(data_config, split, batch_size, indices, max_images, pi, pc)
 
 
