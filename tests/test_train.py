@@ -205,13 +205,6 @@ def _assert_close(run_a, run_b):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.slow
-def test_data_parallel_8_devices_matches_1(tmp_path):
-  one, eight = str(tmp_path / "one.npz"), str(tmp_path / "eight.npz")
-  _wait([_worker(one, 1), _worker(eight, 8)])
-  _assert_close(_load(one), _load(eight))
-
-
 def _free_port():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -219,14 +212,16 @@ def _free_port():
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process(tmp_path):
-  single, multi = str(tmp_path / "single.npz"), str(tmp_path / "multi.npz")
+def test_data_parallel_and_two_processes_match_one_device(tmp_path):
+  """8 devices in one process, and 2 processes x 2 devices, against 1 device."""
+  one, eight, multi = (str(tmp_path / f"{n}.npz") for n in ("one", "eight", "multi"))
   coord = f"--coordinator=127.0.0.1:{_free_port()}"
-  procs = [_worker(multi, 2, coord, f"--process_id={i}", "--num_processes=2")
-           for i in range(2)]
-  procs.append(_worker(single, 4))
-  _wait(procs)
-  _assert_close(_load(single), _load(multi))
+  _wait([_worker(one, 1), _worker(eight, 8),
+         *(_worker(multi, 2, coord, f"--process_id={i}", "--num_processes=2")
+           for i in range(2))])
+  reference = _load(one)
+  _assert_close(reference, _load(eight))
+  _assert_close(reference, _load(multi))
 
 
 @pytest.mark.slow
