@@ -36,6 +36,20 @@ def quantities(layer, x, s):
               elbo=layer.elbo(x, noise_scale=s))
 
 
+def tiny_nf():
+  """An untrained tiny digits NF, its ActNorms initialised from 64 training
+  images, with its config attached (what ``convert.nf_to_nif`` takes)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from nifzoo import configs, data, models  # pylint: disable=g-import-not-at-top
+  c = configs.get_config("digits-nf,tiny")
+  m = models.build(c, rngs=nnx.Rngs(0))
+  src = data.get_source(c.data, "train")
+  m.initialize(np.stack([src[i]["image"] for i in range(64)]).astype(np.int32),
+               key=jax.random.key(5))
+  m.config = ml_collections.FrozenConfigDict(c)
+  return m
+
+
 def train_tiny(root: str):
   """Trains ``digits-nif4,tiny`` for TINY_STEPS steps into ``<root>/run`` and
   registers it as TINY_NAME in ``<root>/reg``; writes ``<root>/result.json``

@@ -30,6 +30,8 @@ from nifzoo.train import checkpoint as ckpt_lib
 from nifzoo.train import loop
 from nifzoo.train import writers
 
+import helpers
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = "digits-nif4-gcs"
 
@@ -275,7 +277,7 @@ def test_evaluation_outputs_go_to_gs(gs_run, gcs_path):
 
 
 def test_conversion_output_on_gs_loads(gs_run, gcs_path, images):
-  model, report = convert.nf_to_nif(zoo.load("digits-nf"), 2, max_images=64)
+  model, report = convert.nf_to_nif(helpers.tiny_nf(), 2, max_images=64)
   out = convert.save_workdir(model, report, f"{gcs_path}/conv")
   assert sorted(fileio.list_files(out))[:2] == ["config.json", "convert.json"]
   np.testing.assert_array_equal(_log_prob(zoo.load(out), images),

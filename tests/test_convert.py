@@ -3,7 +3,6 @@ scipy, and the converted image model against the NF it came from."""
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -12,8 +11,9 @@ from scipy import stats
 from nifzoo import configs
 from nifzoo import convert
 from nifzoo import data
-from nifzoo import models
 from nifzoo import nif
+
+import helpers
 
 
 def _ppca_samples(n=40_000, dim=12, k=3, sigma2=0.3, seed=0):
@@ -92,13 +92,7 @@ def test_factor_analysis_recovers_a_diagonal_noise_and_beats_ppca():
 
 @pytest.fixture(scope="module")
 def tiny_nf():
-  c = configs.get_config("digits-nf,tiny")
-  m = models.build(c, rngs=nnx.Rngs(0))
-  src = data.get_source(c.data, "train")
-  m.initialize(np.stack([src[i]["image"] for i in range(64)]).astype(np.int32),
-               key=jax.random.key(5))
-  m.config = ml_collections.FrozenConfigDict(c)
-  return m
+  return helpers.tiny_nf()
 
 
 @pytest.mark.slow
