@@ -11,7 +11,6 @@ import contextlib
 import os
 import subprocess
 import sys
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -89,16 +88,27 @@ def _assert_bitwise(got, want):
     np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
 
 
+def _hand_written_jit(names, model, x, z):
+  """Every named call under one hand-written ``nnx.jit`` (one compile serves
+  every test that compares with it): name -> result."""
+  return nnx.jit(lambda m, x, z: {n: CALLS[n](m, x, z) for n in names})(model, x, z)
+
+
+@pytest.fixture(scope="module")
+def nif16_hand_written(nif16, images):
+  z = nif16.encode(images)
+  return z, _hand_written_jit(sorted(CALLS), nif16, images, z)
+
+
 @pytest.mark.parametrize("name", sorted(CALLS))
 def test_every_method_equals_its_eager_result_and_the_hand_written_jit(
-    name, nif16, images):
+    name, nif16, images, nif16_hand_written):
   fn = CALLS[name]
-  z = nif16.encode(images)
+  z, reference = nif16_hand_written
   got = fn(nif16, images, z)
   with eager():
     want = fn(nif16, images, z)
-  reference = nnx.jit(fn)(nif16, images, z)
-  _assert_bitwise(got, reference)
+  _assert_bitwise(got, reference[name])
   # flow_latent's log-det sums D float32 terms in another order (3e-6 of it,
   # as under the hand-written jit); everything else within 1e-6.
   _assert_close(got, want, 1e-5 if name.startswith("flow_") else 1e-6)
@@ -116,16 +126,26 @@ def test_levels_outputs_differ_from_eager_only_on_bin_edges(nif16, images):
   assert differ.mean() < 0.01
 
 
-@pytest.mark.parametrize("name", ["log_prob", "encode", "decode", "sample",
-                                  "sample_latent", "reconstruct"])
-def test_deep_nif_methods_equal_eager(name, tiny_deepnif):
+DEEP_NIF_CALLS = ("log_prob", "encode", "decode", "sample", "sample_latent",
+                  "reconstruct")
+
+
+@pytest.fixture(scope="module")
+def tiny_deepnif_hand_written(tiny_deepnif):
   model, x = tiny_deepnif
   z = model.encode(x)
+  return z, _hand_written_jit(DEEP_NIF_CALLS, model, x, z)
+
+
+@pytest.mark.parametrize("name", DEEP_NIF_CALLS)
+def test_deep_nif_methods_equal_eager(name, tiny_deepnif, tiny_deepnif_hand_written):
+  model, x = tiny_deepnif
+  z, reference = tiny_deepnif_hand_written
   got = CALLS[name](model, x, z)
   with eager():
     want = CALLS[name](model, x, z)
   _assert_close(got, want, 1e-6)
-  _assert_bitwise(got, nnx.jit(CALLS[name])(model, x, z))
+  _assert_bitwise(got, reference[name])
 
 
 def test_initialize_is_compiled_and_equals_eager():
@@ -249,20 +269,6 @@ def test_bad_input_raises_as_eagerly(name, nif16, images):
   with eager():
     want = _error(lambda: fn(nif16, images))
   assert want is not None and got == want
-
-
-def test_uninitialised_models_still_warn():
-  model = models.build(configs.get_config("digits-nif4,tiny"),
-                       rngs=models.seeded_rngs(0))
-  x = jnp.zeros((2, 8, 8, 1), jnp.int32)
-  for call in (lambda: model.log_prob(x), lambda: model.encode(x),
-               lambda: model.sample(K1, 2), lambda: model.reconstruct(x),
-               lambda: model.decode(jnp.zeros((2, 4)))):
-    with pytest.warns(UserWarning, match="ActNorms are not initialised"):
-      call()
-  with warnings.catch_warnings():
-    warnings.simplefilter("error")
-    nnx.jit(lambda m, x: m.log_prob(x))(model, x)  # Traced: no warning, as before.
 
 
 def test_unhashable_static_arguments_run_eagerly(nif16):
