@@ -47,6 +47,20 @@ def pytest_configure(config):
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
+# The files whose tests take longest (the pod rehearsal, the paper-config TPU
+# compile, the multi-process training runs) are handed to the xdist workers
+# first: started last, one of them alone would be the suite's tail.
+_LONGEST_FIRST = ("test_cloud_pod.py", "test_tpu.py", "test_train.py",
+                  "test_reliability.py", "test_compiled.py", "test_models.py")
+
+
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    name = item.path.name
+    return _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST)
+  items.sort(key=rank)  # Stable: each file keeps its own order.
+
+
 def pytest_unconfigure(config):
   cache = getattr(config, "nifzoo_cache_dir", None)
   if cache:
