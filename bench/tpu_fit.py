@@ -37,6 +37,7 @@ import jax  # noqa: E402
 jax.config.update("jax_platforms", "cpu")  # Only compiles: no TPU backend.
 
 from nifzoo import configs  # noqa: E402
+from nifzoo import models  # noqa: E402
 from nifzoo import tpu  # noqa: E402
 
 GiB = 2 ** 30
@@ -80,7 +81,7 @@ def at_paper_batch(row: dict, where: str, log) -> None:
   row[where] = _record(c)
   log(f"  {where} {topo} {c.per_chip_batch}/chip: "
       f"{'%.2f GiB' % c.hbm_gib if c.fits else 'REFUSED'} {c.compile_s:.0f} s")
-  if where == "one_chip" and c.fits and config.model.prior != "normal":
+  if where == "one_chip" and c.fits and models.PRIORS[config.model.prior].has_manifold:
     row["prior_products_highest"] = len(tpu.check_prior_precision(c.hlo_text))
 
 

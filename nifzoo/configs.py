@@ -109,15 +109,36 @@ def recipe(dataset: str):
     path = _CONFIG_DIR / f"{dataset}.py"
     if not path.exists():
       path = importlib.resources.files("nifzoo._configs") / f"{dataset}.py"
-    spec = importlib.util.spec_from_file_location(
-        f"nifzoo._configs.{dataset}", str(path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    _RECIPES[dataset] = module
+    _RECIPES[dataset] = _module_from_file(path, f"nifzoo._configs.{dataset}")
   return _RECIPES[dataset]
 
 
-def _parse_value(text: str):
+def _module_from_file(path, name: str):
+  spec = importlib.util.spec_from_file_location(name, str(path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """A config from a registry name with overrides (``"celeba-nif128,width=512"``,
+  :func:`get_config`) or a config file and its arg (``"configs/celeba.py:nif128"``)."""
+  if ".py:" in spec or spec.endswith(".py"):
+    path, _, arg = spec.partition(":")
+    return _module_from_file(path, "_nifzoo_config_file").get_config(arg or None)
+  return get_config(spec)
+
+
+def set_field(c: ml_collections.ConfigDict, key: str, value) -> None:
+  """Sets the dotted field ``key`` (``"model.width"``) of ``c`` to ``value``."""
+  *parents, leaf = key.split(".")
+  for p in parents:
+    c = c[p]
+  c[leaf] = value
+
+
+def parse_value(text: str):
+  """A command-line value: int, float, bool, None, else the string."""
   for cast in (int, float):
     try:
       return cast(text)
@@ -273,11 +294,7 @@ def _model_kind(model: str) -> tuple[str, int]:
 def _apply_override(c: ml_collections.ConfigDict, part: str):
   if part in PRESETS:
     for key, value in PRESETS[part].items():
-      *parents, leaf = key.split(".")
-      node = c
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
+      set_field(c, key, value)
     return
   key, eq, value = part.partition("=")
   if not eq or key not in _SHORTCUTS:
@@ -286,4 +303,4 @@ def _apply_override(c: ml_collections.ConfigDict, part: str):
         f"or key=value with key in {sorted(_SHORTCUTS)}.")
   section, field = _SHORTCUTS[key]
   target = c if section is None else c[section]
-  target[field] = _parse_value(value)
+  target[field] = parse_value(value)

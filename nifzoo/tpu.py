@@ -548,23 +548,10 @@ def _main(argv):
   from nifzoo import models  # pylint: disable=g-import-not-at-top
   logging.getLogger("jax").setLevel(logging.WARNING)
   f = flags.FLAGS
-  spec = f.config
-  if ".py:" in spec or spec.endswith(".py"):
-    path, _, arg = spec.partition(":")
-    import importlib.util  # pylint: disable=g-import-not-at-top
-    mod_spec = importlib.util.spec_from_file_location("_nifzoo_cfg", path)
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
-    config = mod.get_config(arg or None)
-  else:
-    config = configs.get_config(spec)
+  config = configs.load(f.config)
   for item in f.set or []:
     key, _, value = item.partition("=")
-    node = config
-    *parents, leaf = key.split(".")
-    for p_ in parents:
-      node = node[p_]
-    node[leaf] = configs._parse_value(value)  # pylint: disable=protected-access
+    configs.set_field(config, key, configs.parse_value(value))
   batch = f.batch or config.batch_size
   print(f"{config.name}: train step, global batch {batch}, on {f.topology}")
   c = compile_train_step(config, f.topology, batch, keep_text=True)

@@ -31,6 +31,7 @@ from flax import nnx
 from nifzoo import cards
 from nifzoo import configs
 from nifzoo import fileio
+from nifzoo import mesh as mesh_lib
 from nifzoo import models
 from nifzoo import registry as registry_lib
 from nifzoo import variables as variables_lib
@@ -121,7 +122,7 @@ def _target_sharding(mesh, sharding):
   if sharding is not None:
     return sharding
   if mesh is not None:
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return mesh_lib.replicated(mesh)
   return jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
 

@@ -156,7 +156,16 @@ def test_config_files_and_names_agree():
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   for arg in ("nif16", "nif16,tiny", "deepnif8,tiny,width=4", "nf,k=3"):
-    assert mod.get_config(arg).to_dict() == configs.get_config(f"digits-{arg}").to_dict()
+    want = configs.get_config(f"digits-{arg}").to_dict()
+    assert mod.get_config(arg).to_dict() == want
+    # configs.load (python -m nifzoo.tpu --config=...): a file or a name.
+    assert configs.load(f"{path}:{arg}").to_dict() == want
+    assert configs.load(f"digits-{arg}").to_dict() == want
+  c = configs.load(path)  # No arg: the dataset's first model.
+  assert c.name == "digits-nf"
+  configs.set_field(c, "model.width", configs.parse_value("48"))
+  configs.set_field(c, "tensorboard", configs.parse_value("false"))
+  assert (c.model.width, c.tensorboard) == (48, False)
   tiny = configs.get_config("digits-nif16,tiny")
   for key, value in configs.PRESETS["tiny"].items():
     node = tiny

@@ -79,6 +79,14 @@ class Prior:
     """k, the size of the latents ``encode`` returns and ``decode`` takes."""
     return dim
 
+  def model_name(self) -> str:
+    """The model part of a registry name (``nf``, ``nif16``, ``deepnif16``)."""
+    return "nf"
+
+  def description(self) -> str:
+    """What the model is, for its card."""
+    return "normalizing flow (Glow, N(0, I) prior)"
+
   # ---------------------------------------------------------------- checks
   def check_log_prob(self, key, noise_scale, num_samples):
     """Validates ``log_prob``'s arguments; returns ``num_samples`` to use."""
@@ -156,6 +164,12 @@ class NIFPrior(Prior):
   def latent_size(self, dim):
     return int(self.latent_dim)
 
+  def model_name(self):
+    return f"nif{self.latent_dim}"
+
+  def description(self):
+    return f"noisy injective flow, Gaussian NIF prior with k = {self.latent_dim}"
+
   def check_log_prob(self, key, noise_scale, num_samples):
     gaussian.check_density_scale(noise_scale)
     return num_samples
@@ -208,6 +222,13 @@ class DeepNIFPrior(NIFPrior):
             "lowdim": flows.LowDimFlow(self.latent_dim, self.lowdim_layers,
                                        self.lowdim_hidden, self.lowdim_depth,
                                        rngs=rngs)}
+
+  def model_name(self):
+    return f"deepnif{self.latent_dim}"
+
+  def description(self):
+    return (f"deep noisy injective flow (Gaussian NIF, k = {self.latent_dim}, "
+            "+ low-dimensional flow, importance-weighted bound)")
 
   def check_log_prob(self, key, noise_scale, num_samples):
     super().check_log_prob(key, noise_scale, num_samples)

@@ -23,6 +23,7 @@ from nifzoo import data as data_lib
 from nifzoo import evaluate as evaluate_lib
 from nifzoo import images as images_lib
 from nifzoo import mesh as mesh_lib
+from nifzoo import models
 from nifzoo import variables
 from nifzoo.train import checkpoint as ckpt_lib
 from nifzoo.train import lease as lease_lib
@@ -77,13 +78,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if _writes_tensorboard(config):
     writers_lib.start_import()
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  with lease_lib.hold(workdir, stale_secs=config.get(
-      "lease_stale_secs", lease_lib.DEFAULT_STALE_SECS)) as lease:
+  with lease_lib.hold(workdir, stale_secs=config.lease_stale_secs) as lease:
     return _train(config, workdir, lease)
 
 
 def _writes_tensorboard(config) -> bool:
-  return config.get("tensorboard", True) and jax.process_index() == 0
+  return config.tensorboard and jax.process_index() == 0
 
 
 class _StepMetrics:
@@ -112,7 +112,7 @@ class _StepMetrics:
 
   def _skipped(self, n, m) -> None:
     config, in_a_row = self.config, int(m["skips_in_a_row"])
-    max_skips = config.get("max_consecutive_skips", 10)
+    max_skips = config.max_consecutive_skips
     msg = (f"Non-finite loss, gradient or update at step {n} (bits/dim="
            f"{m['bits_per_dim']}, grad_norm={m['grad_norm']}).")
     if config.on_nonfinite == "stop":
@@ -165,10 +165,10 @@ def _train(config, workdir: str, lease: lease_lib.Lease) -> dict:
   sample_key = jax.random.key(config.seed + 2)
 
   def write_samples(step):
-    if config.model.prior == "normal":
-      settings = {"samples": 1.0}
-    else:
+    if models.PRIORS[config.model.prior].has_manifold:
       settings = {"samples_s0": 0.0, "samples_s1": 1.0}
+    else:
+      settings = {"samples": 1.0}
     grids = {}
     for name, s in settings.items():
       imgs = np.asarray(sample_fn(state.params, state.rest, sample_key,

@@ -10,7 +10,6 @@ import math
 import os
 
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
 from etils import epath
@@ -126,7 +125,7 @@ def check_checkpoint_fits(workdir, state) -> None:
   checkpoint's shapes do not fit ``state`` (instead of refusing every
   checkpoint in turn as damaged). An unreadable one is left to the restore."""
   step = variables.latest_step(workdir)
-  path = epath.Path(workdir) / "checkpoints" / str(step) / "state"
+  path = epath.Path(workdir) / variables.CHECKPOINTS_DIR / str(step) / "state"
   try:
     variables.check_shapes(str(path), {"params": state.params, "rest": state.rest},
                           hint=_RESUME_HINT)
@@ -175,11 +174,10 @@ def init_from(state, config, mesh):
   ``models.wiring``); its optimiser state, if any, is not used.
   """
   src = config.init_from
-  path = epath.Path(src) / variables.CONFIG_FILE
-  if not path.exists():
-    raise ValueError(f"init_from={src!r}: no {variables.CONFIG_FILE} there (not a "
-                     "nifzoo workdir or launch/convert.py output).")
-  src_config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  try:
+    src_config = variables.workdir_config(src)
+  except variables.CheckpointError as e:
+    raise ValueError(f"init_from={src!r}: {e}") from e
   diff = models.wiring_differences(models.wiring(src_config), config)
   if diff:
     raise ValueError(f"init_from={src!r} holds a differently wired model: "
