@@ -103,31 +103,11 @@ def add_max_batch(row: dict, log) -> None:
         f"{r.compile_s:.0f} s")
     return r
 
-  known = {batch: o["fits"]}
-  cap = row["usable_hbm_gib"] * GiB
-  if o["fits"] and s and s["fits"] and s["per_chip_batch"] != batch:
-    guess = tpu.predict_max_batch(s["per_chip_batch"], s["hbm_bytes"], batch,
-                                  o["hbm_bytes"], cap)
-  else:
-    guess = batch
-  row["max_batch_predicted"] = guess
-  # Secant steps: an accepted guess gives a new point of the HBM curve, the
-  # line through it and the batch-32 compile predicts again (HBM grows a
-  # little less than linearly at large batches); at most 3 before the
-  # bracketed search, which reuses every verdict.
-  if o["fits"]:
-    for _ in range(3):
-      if guess in known:
-        break
-      r = at(guess)
-      known[guess] = r.fits
-      if not r.fits:
-        break
-      nxt = tpu.predict_max_batch(batch, o["hbm_bytes"], guess, r.hbm["total"], cap)
-      if nxt <= guess:
-        break
-      guess = nxt
-  row["max_per_chip_batch"], _ = tpu.max_batch(at, guess, known=known)
+  hbm = {batch: o.get("hbm_bytes")}
+  if s and s["per_chip_batch"] != batch:
+    hbm[s["per_chip_batch"]] = s.get("hbm_bytes")
+  row["max_per_chip_batch"], row["max_batch_predicted"] = tpu.largest_batch(
+      at, hbm, row["usable_hbm_gib"] * GiB)
   row["max_batch_compiles"] = compiles
 
 

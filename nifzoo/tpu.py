@@ -189,14 +189,22 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def compile_train_step(config, topology_name: str, global_batch: int | None = None,
-                       *, keep_text: bool = False) -> Compiled:
+                       *, keep_text: bool = False, effort: float = 0.0) -> Compiled:
   """Compiles ``config``'s train step for ``topology_name`` at ``global_batch``
   (default ``config.batch_size``), data-parallel over all its chips.
+
+  ``effort`` is the compiler's execution-time optimisation effort in [-1, 1]
+  (jax's ``jax_exec_time_optimization_effort``; 0, the default, is what a
+  training run gets). At -1 the TPU compiler is several times faster on the
+  paper's configs and the program it makes needs a few per cent more HBM: a
+  quick check that a config compiles and fits, not the figure of a fit table.
 
   Returns a :class:`Compiled`: ``fits`` False when the compiler refused the
   program for lack of HBM (any other error is raised). The per-chip HBM comes
   from the compiler's buffer assignment (:func:`buffer_assignment`).
   """
+  if not -1.0 <= effort <= 1.0:
+    raise ValueError(f"effort must lie in [-1, 1], got {effort}.")
   mesh = compile_mesh(topology_name)
   n = mesh.devices.size
   global_batch = int(global_batch or config.batch_size)
@@ -208,7 +216,10 @@ def compile_train_step(config, topology_name: str, global_batch: int | None = No
     t0 = time.perf_counter()
     try:
       with no_persistent_cache():
-        exe = lowered.compile(compiler_options={"xla_dump_to": dump})
+        options = {"xla_dump_to": dump}
+        if effort:
+          options["exec_time_optimization_effort"] = float(effort)
+        exe = lowered.compile(compiler_options=options)
     except Exception as e:  # pylint: disable=broad-except
       if not is_out_of_memory(e):
         raise
@@ -312,7 +323,7 @@ def max_batch(compile_at: Callable[[int], Compiled], guess: int, *,
   lo = max((b for b, ok in known.items() if ok), default=0)
   hi = min((b for b, ok in known.items() if not ok), default=None)
   g = max(multiple, guess // multiple * multiple)
-  if g > lo and (hi is None or g < hi):  # the guess, then its neighbour
+  if g >= lo and (hi is None or g < hi):  # the guess, then its neighbour
     if fits(g):
       lo = g
       if hi is None or g + multiple < hi:
@@ -537,7 +548,87 @@ def emulate_tpu_precision(fn: Callable, *, default_passes: int = 1) -> Callable:
   return wrapped
 
 
+def largest_batch(compile_at: Callable[[int], Compiled],
+                  hbm: dict[int, float | None], capacity: float, *,
+                  multiple: int = 8, secant_steps: int = 3) -> tuple[int, int]:
+  """The largest per-chip batch that compiles on one chip, from compiles made.
+
+  ``hbm`` maps the per-chip batches already compiled to their HBM bytes
+  (``None``: refused); ``compile_at(b)`` compiles at per-chip batch b. HBM is
+  close to linear in the batch, so the line through the two largest fitting
+  batches predicts the limit (:func:`predict_max_batch`); an accepted
+  prediction is a new point and the line predicts again (HBM grows a little
+  less than linearly at large batches), at most ``secant_steps`` times; then
+  :func:`max_batch` confirms on the compiler's refusals, reusing every verdict.
+  Returns (the largest batch, the first prediction).
+  """
+  hbm = dict(hbm)
+  known = {b: v is not None for b, v in hbm.items()}
+
+  def predict():
+    fit = sorted(b for b, v in hbm.items() if v is not None)
+    if len(fit) < 2:
+      return fit[-1] if fit else multiple
+    b1, b2 = fit[-2:]
+    return predict_max_batch(b1, hbm[b1], b2, hbm[b2], capacity, multiple)
+
+  guess = first = predict()
+  if any(known.values()):
+    for _ in range(secant_steps):
+      if guess in known:
+        break
+      c = compile_at(guess)
+      known[guess] = c.fits
+      if not c.fits:
+        break
+      hbm[guess] = c.hbm["total"]
+      nxt = predict()
+      if nxt <= guess:
+        break
+      guess = nxt
+  return max_batch(compile_at, guess, multiple=multiple, known=known)[0], first
+
+
 # ------------------------------------------------------------------ CLI
+
+
+def fit_report(config, topology_name: str, batch: int | None = None, *,
+               find_max_batch: bool = False, effort: float = 0.0,
+               out: Callable[[str], None] = print) -> dict:
+  """Will ``config`` fit ``topology_name``? Compiles its train step at
+  ``batch`` (default the config's) and reports the per-chip HBM and the NIF
+  prior's precision; with ``find_max_batch`` also the largest per-chip batch on
+  one chip of that generation (:func:`largest_batch`). Prints with ``out`` and
+  returns ``{"compiled": Compiled, "max_per_chip_batch": int | None}``."""
+  from nifzoo import models  # pylint: disable=g-import-not-at-top
+  batch = batch or config.batch_size
+  out(f"{config.name}: train step, global batch {batch}, on {topology_name}")
+  c = compile_train_step(config, topology_name, batch, keep_text=True,
+                         effort=effort)
+  cap = USABLE_HBM_GIB.get(generation(topology_name))
+  if c.fits:
+    out(f"  compiles in {c.compile_s:.1f} s; per chip: batch "
+        f"{c.per_chip_batch}, HBM {_size(c.hbm['total'])}"
+        + (f" of {cap} GiB usable" if cap else "")
+        + f" (arguments {_size(c.hbm['arguments'])}, temporaries "
+          f"{_size(c.hbm['temp'])})")
+    if models.PRIORS[config.model.prior].has_manifold:
+      n = len(check_prior_precision(c.hlo_text))
+      out(f"  the NIF prior's {n} products: all operand_precision=highest")
+  else:
+    out(f"  does NOT fit (per-chip batch {c.per_chip_batch}): {c.error}")
+  best = None
+  if find_max_batch:
+    one = ONE_CHIP[generation(topology_name)]
+    out(f"  largest per-chip batch on {one} (multiples of 8) ...")
+    at = lambda b: compile_train_step(config, one, b, effort=effort)
+    a = at(8)
+    hbm = {8: a.hbm["total"] if a.fits else None}
+    if c.per_chip_batch != 8:
+      hbm[c.per_chip_batch] = c.hbm["total"] if c.fits else None
+    best, _ = largest_batch(at, hbm, cap * GiB)
+    out(f"  largest per-chip batch that compiles: {best}")
+  return {"compiled": c, "max_per_chip_batch": best}
 
 
 def _main(argv):
@@ -545,40 +636,14 @@ def _main(argv):
   import logging  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from nifzoo import configs  # pylint: disable=g-import-not-at-top
-  from nifzoo import models  # pylint: disable=g-import-not-at-top
   logging.getLogger("jax").setLevel(logging.WARNING)
   f = flags.FLAGS
   config = configs.load(f.config)
   for item in f.set or []:
     key, _, value = item.partition("=")
     configs.set_field(config, key, configs.parse_value(value))
-  batch = f.batch or config.batch_size
-  print(f"{config.name}: train step, global batch {batch}, on {f.topology}")
-  c = compile_train_step(config, f.topology, batch, keep_text=True)
-  cap = USABLE_HBM_GIB.get(generation(f.topology))
-  if c.fits:
-    print(f"  compiles in {c.compile_s:.1f} s; per chip: batch "
-          f"{c.per_chip_batch}, HBM {_size(c.hbm['total'])}"
-          + (f" of {cap} GiB usable" if cap else "")
-          + f" (arguments {_size(c.hbm['arguments'])}, temporaries "
-            f"{_size(c.hbm['temp'])})")
-    if models.PRIORS[config.model.prior].has_manifold:
-      n = len(check_prior_precision(c.hlo_text))
-      print(f"  the NIF prior's {n} products: all operand_precision=highest")
-  else:
-    print(f"  does NOT fit (per-chip batch {c.per_chip_batch}): {c.error}")
-  if f.max_batch:
-    one = ONE_CHIP[generation(f.topology)]
-    print(f"  largest per-chip batch on {one} (multiples of 8) ...")
-    at = lambda b: compile_train_step(config, one, b)
-    known, guess = {}, 32
-    a = at(8)
-    if a.fits and c.fits and c.per_chip_batch != 8:
-      guess = predict_max_batch(8, a.hbm["total"], c.per_chip_batch,
-                                c.hbm["total"], cap * GiB)
-    known[8] = a.fits
-    b, _ = max_batch(at, guess, known=known)
-    print(f"  largest per-chip batch that compiles: {b}")
+  fit_report(config, f.topology, f.batch, find_max_batch=f.max_batch,
+             effort=f.effort)
 
 
 def _size(nbytes: int) -> str:
@@ -598,6 +663,9 @@ def main():
                             "model.matmul_precision=highest.")
   flags.DEFINE_bool("max_batch", False, "Also find the largest per-chip batch "
                     "that compiles on one chip of that generation.")
+  flags.DEFINE_float("effort", 0.0, "The compiler's execution-time "
+                     "optimisation effort in [-1, 1]: -1 answers several "
+                     "times faster, with a somewhat larger HBM figure.")
   app.run(_main)
 
 

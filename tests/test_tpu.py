@@ -96,8 +96,10 @@ def test_out_of_memory_is_a_refusal_not_an_error():
 @needs_libtpu
 @pytest.mark.slow
 def test_largest_paper_config_fits_one_v5e_chip_at_batch_32():
+  """At the compiler's lowest execution-time effort: a few times faster to
+  compile, for a program that needs a few per cent more HBM than the default."""
   c = configs.get_config("celeba-deepnif128")
-  out = tpu.compile_train_step(c, "v5e:1x1", 32, keep_text=True)
+  out = tpu.compile_train_step(c, "v5e:1x1", 32, keep_text=True, effort=-1.0)
   assert out.fits and out.per_chip_batch == 32
   assert out.hbm["total"] < tpu.USABLE_HBM_GIB["v5e"] * tpu.GiB
   tpu.check_prior_precision(out.hlo_text)
@@ -159,6 +161,65 @@ def test_predict_max_batch_on_a_line():
   # 1 GiB fixed + 0.05 GiB per sample; 15.75 GiB usable -> 295 -> 288.
   f = lambda b: gib + 0.05 * gib * b
   assert tpu.predict_max_batch(8, f(8), 32, f(32), 15.75 * gib) == 288
+
+
+class _FakeCompile:
+  """A chip whose HBM is 1 GiB + 0.05 GiB per sample, bent slightly below the
+  line at large batches (as the compiler's is), refusing past 15.75 GiB."""
+  GIB = 2 ** 30
+
+  def __init__(self):
+    self.calls = []
+
+  def hbm(self, b):
+    return self.GIB * (1 + 0.05 * b - 1e-6 * b * b)
+
+  def __call__(self, config, topology, b, **kw):
+    self.calls.append((topology, b, kw.get("effort", 0.0)))
+    per_chip = b // (4 if topology == "v5e:2x2" else 1)
+    fits = self.hbm(per_chip) <= 15.75 * self.GIB
+    total = int(self.hbm(per_chip))
+    return tpu.Compiled(topology, 4 if topology == "v5e:2x2" else 1, b, fits, 0.1,
+                        hbm={"total": total, "arguments": total // 2, "temp": 0,
+                             "outputs": 0, "other": 0} if fits else None,
+                        hlo_text="", error=None if fits else "RESOURCE_EXHAUSTED")
+
+
+def test_largest_batch_predicts_then_confirms():
+  fake = _FakeCompile()
+  at = lambda b: fake(None, "v5e:1x1", b)
+  best, first = tpu.largest_batch(at, {8: fake.hbm(8), 32: fake.hbm(32)},
+                                  15.75 * fake.GIB)
+  # Oracle: brute force over the multiples of 8.
+  want = max(b for b in range(8, 4097, 8) if fake.hbm(b) <= 15.75 * fake.GIB)
+  assert best == want and first <= want  # the line overstates the curve's HBM
+  assert len(fake.calls) <= 5 and len({c[1] for c in fake.calls}) == len(fake.calls)
+  # A config that does not fit at its batch is searched downwards.
+  best, _ = tpu.largest_batch(at, {512: None}, 15.75 * fake.GIB)
+  assert best == want
+
+
+def test_fit_report_cli_finds_the_largest_batch(monkeypatch):
+  """``python -m nifzoo.tpu --max_batch --effort=-1``'s report, on a fake
+  compiler (the real one is tested above)."""
+  fake = _FakeCompile()
+  monkeypatch.setattr(tpu, "compile_train_step", fake)
+  lines = []
+  c = configs.get_config("digits-nf,tiny")  # No NIF prior: no precision check.
+  got = tpu.fit_report(c, "v5e:2x2", 32, find_max_batch=True, effort=-1.0,
+                       out=lines.append)
+  want = max(b for b in range(8, 4097, 8) if fake.hbm(b) <= 15.75 * fake.GIB)
+  assert got["max_per_chip_batch"] == want and got["compiled"].per_chip_batch == 8
+  assert lines[-1] == f"  largest per-chip batch that compiles: {want}"
+  assert "on v5e:2x2" in lines[0] and "of 15.75 GiB usable" in lines[1]
+  assert {e for _, _, e in fake.calls} == {-1.0}  # --effort reaches every compile
+  assert all(t == "v5e:1x1" for t, _, _ in fake.calls[1:])
+
+
+def test_effort_outside_its_range_is_refused():
+  with pytest.raises(ValueError, match="effort must lie in"):
+    tpu.compile_train_step(configs.get_config("digits-nif4,tiny"), "v5e:1x1",
+                           effort=-2.0)
 
 
 # ------------------------------------------------------------------ precision
