@@ -20,6 +20,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 _FAST_COMPILE = ("--xla_backend_optimization_level=0",
                  "--xla_llvm_disable_expensive_passes=true")
 
@@ -54,7 +56,18 @@ _LONGEST_FIRST = ("test_cloud_pod.py", "test_tpu.py", "test_train.py",
                   "test_reliability.py", "test_compiled.py", "test_models.py")
 
 
+# A test that needs one of these fixtures needs a training run: it is an
+# end-to-end test, ``slow`` (not in the fast set), as if marked so itself.
+_TRAINING_RUNS = frozenset({"tiny_run", "gs_run", "sigterm_run", "diverged_run",
+                            "tf_run"})
+
+
+@pytest.hookimpl(tryfirst=True)  # Before -m "not slow" deselects.
 def pytest_collection_modifyitems(items):
+  for item in items:
+    if _TRAINING_RUNS & set(item.fixturenames):
+      item.add_marker(pytest.mark.slow)
+
   def rank(item):
     name = item.path.name
     return _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST)
@@ -74,7 +87,6 @@ def pytest_unconfigure(config):
 # environment there (some clients read it once per process: see
 # gcs_emulator's docstring); the `gcs` fixture starts the emulator and the TLS
 # proxy for tf.io.gfile on those ports when first used.
-import pytest as _pytest  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import gcs_emulator as _gcs_emulator  # pylint: disable=g-import-not-at-top
 
 
@@ -88,7 +100,7 @@ def pytest_sessionfinish(session):
   _gcs_emulator.session_finish()
 
 
-@_pytest.fixture(scope="session")
+@pytest.fixture(scope="session")
 def gcs():
   """The emulator: .url .bucket .env .tf_env .prefix(name) .invalidate() .pid."""
   server = _gcs_emulator.GCS()
@@ -98,7 +110,7 @@ def gcs():
     server.stop()
 
 
-@_pytest.fixture
+@pytest.fixture
 def gcs_path(gcs, request):
   """A fresh gs://<bucket>/<test name>-<uuid8> prefix (no trailing slash)."""
   return gcs.prefix(request.node.name)
@@ -106,7 +118,7 @@ def gcs_path(gcs, request):
 
 
 # ---- The tiny trained-and-registered model (tests/helpers.py) ---------------
-@_pytest.fixture(scope="session")
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, worker_id):
   """(workdir, registry dir, loop result) of one tiny digits-nif4 run,
   registered as ``helpers.TINY_NAME``. Trained once per session: the xdist

@@ -228,6 +228,7 @@ def test_a_checkpoint_with_directory_placeholders_loads(gs_run, gcs_path, images
   registry.register(f"{gcs_path}/run", f"{gcs_path}/reg2", name=NAME, command="t")
 
 
+@pytest.mark.slow
 def test_damaged_newest_checkpoint_on_gs_is_moved_aside_and_skipped(
     gs_run, gcs_path, monkeypatch, caplog):
   workdir = f"{gcs_path}/run"

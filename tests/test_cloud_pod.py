@@ -116,11 +116,11 @@ def test_pod_rehearsal(gcs, tmp_path):
   reg, outdir, name = gcs.prefix("registry"), gcs.prefix("eval"), "digits-nif8-pod"
   digits.write_tfds(data_dir)
   train = [f"--config={ROOT}/configs/digits.py:nif8,tiny", f"--workdir={workdir}",
-           f"--config.data.data_dir={data_dir}", "--config.checkpoint_every=3",
-           "--config.log_every=3", *SMALL]
+           f"--config.data.data_dir={data_dir}", "--config.log_every=3", *SMALL]
 
   # 2 processes x 2 devices; SIGTERM to both once step 3 is checkpointed.
-  procs = _launch(TRAIN, [*train, "--config.total_steps=100000"], gcs)
+  procs = _launch(TRAIN, [*train, "--config.total_steps=100000",
+                          "--config.checkpoint_every=3"], gcs)
   first = f"{workdir}/checkpoints/3/{variables.CHECKSUMS_FILE}"
   deadline = time.time() + 400
   while (not _exists(gcs, first) and all(p.poll() is None for p in procs)
@@ -140,8 +140,9 @@ def test_pod_rehearsal(gcs, tmp_path):
   assert variables.verify_checksums(f"{workdir}/checkpoints/{stop}")
   assert not _exists(gcs, f"{workdir}/lease.json")  # Released on the way out.
 
-  # Resume to stop + 3 and register into the gs:// registry.
+  # Resume to stop + 3 (one save, at the end) and register into the gs:// registry.
   procs = _launch(TRAIN, [*train, f"--config.total_steps={stop + 3}",
+                          "--config.checkpoint_every=1000",
                           f"--register={reg}", f"--name={name}"], gcs)
   codes, outs = _wait(procs)
   assert codes == [0, 0], "\n".join(o[-3000:] for o in outs)
