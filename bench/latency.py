@@ -26,10 +26,12 @@ shared). Then, each in a fresh Python process:
   from the call until its result (for ``initialize``, the model's new state) is
   ready, its inputs made and ready before; ``second`` is the call right after
   it (execution only: its program is loaded), and ``first - second`` the
-  compile (or cache load) and tracing the first call pays. ``bits_per_dim``
-  runs ``log_prob``'s program (already loaded by then) and one tiny op, so its
-  first call is execution either way and its warm / cold ratio says nothing
-  about the cache.
+  compile (or cache load) and tracing the first call pays (its warm / cold
+  ratio is left out where the cold first call is less than ``NO_COMPILE_S``
+  slower than the second: nothing was compiled). ``bits_per_dim`` runs
+  ``log_prob``'s program (already loaded by then) and one tiny op, so its first
+  call is execution either way and its warm / cold ratio says nothing about
+  the cache.
 
 Prints a table and writes ``bench/results/latency.json``::
 
@@ -69,6 +71,9 @@ import nifzoo  # noqa: E402
 from nifzoo import zoo  # noqa: E402
 
 BATCH = 16
+# A cold first call at most this much slower than the second compiled nothing
+# (bits_per_dim: log_prob's program): no compile-time ratio for it.
+NO_COMPILE_S = 0.1
 
 
 def _methods(n):
@@ -223,7 +228,8 @@ def fresh_processes(models_all_methods, pairs):
         "warm_over_cold": {m: warm["first_s"][m] / cold["first_s"][m]
                            for m in cold["first_s"]},
         "overhead_warm_over_cold": {
-            m: overhead(warm, m) / overhead(cold, m) for m in cold["first_s"]},
+            m: overhead(warm, m) / overhead(cold, m) for m in cold["first_s"]
+            if overhead(cold, m) >= NO_COMPILE_S},
         "total_warm_over_cold": warm["total_s"] / cold["total_s"]}
     print(f"  fresh {name}:", json.dumps(result[f"{name}_first_calls"]), flush=True)
   return result
@@ -262,7 +268,8 @@ def _table(results) -> str:
       lines.append(f"| {m} | {f['cold']['first_s'][m]:.2f} | "
                    f"{f['warm']['first_s'][m]:.2f} | {f['warm_over_cold'][m]:.2f} | "
                    f"{f['cold']['second_s'][m]:.2f} / {f['warm']['second_s'][m]:.2f} | "
-                   f"{f['overhead_warm_over_cold'][m]:.2f} |")
+                   + (f"{f['overhead_warm_over_cold'][m]:.2f} |"
+                      if m in f["overhead_warm_over_cold"] else "— |"))
     lines.append(f"| whole process (import, load, every call twice) | {f['cold']['total_s']:.1f} | "
                  f"{f['warm']['total_s']:.1f} | {f['total_warm_over_cold']:.2f} | | |")
   return "\n".join(lines)
