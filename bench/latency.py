@@ -17,9 +17,21 @@ shared). Then, each in a fresh Python process:
 
 - ``fresh``: ``import nifzoo`` + ``zoo.load("digits-nif16")`` (trained weights) +
   the first ``sample(key, 16)``, with a cold (new, empty) and then a warm (the
-  same directory again) persistent cache, and op by op with no cache (before);
-- ``fresh_first_calls``: the first call of every method of ``celeba-nif128``
-  (``init="random"``) in a fresh process, cold and warm cache.
+  same directory again) persistent cache, ``--fresh_pairs`` such pairs in turn
+  (the ratio is the median of the pairs' warm / cold), and op by op with no
+  cache (before);
+- ``fresh_first_calls``: every method of ``celeba-nif128`` (``init="random"``)
+  in a fresh process, cold and warm cache, called in the order of the table
+  (as a user would go through them). A method's ``first`` call is the wall time
+  from the call until its result (for ``initialize``, the model's new state) is
+  ready, its inputs made and ready before; ``second`` is the call right after
+  it (execution only: its program is loaded), and ``first - second`` the
+  compile (or cache load) and tracing the first call pays (its warm / cold
+  ratio is left out where the cold first call is less than ``NO_COMPILE_S``
+  slower than the second: nothing was compiled). ``bits_per_dim`` runs
+  ``log_prob``'s program (already loaded by then) and one tiny op, so its first
+  call is execution either way and its warm / cold ratio says nothing about
+  the cache.
 
 Prints a table and writes ``bench/results/latency.json``::
 
@@ -59,6 +71,9 @@ import nifzoo  # noqa: E402
 from nifzoo import zoo  # noqa: E402
 
 BATCH = 16
+# A cold first call at most this much slower than the second compiled nothing
+# (bits_per_dim: log_prob's program): no compile-time ratio for it.
+NO_COMPILE_S = 0.1
 
 
 def _methods(n):
@@ -82,6 +97,12 @@ def _time(fn) -> float:
   return time.perf_counter() - t
 
 
+def _initialize(model, args):
+  """``model.initialize`` as timed: returns the new state (None otherwise)."""
+  model.initialize(args["x"], key=args["k"])
+  return nnx.state(model)
+
+
 def _median(fn, reps) -> float:
   return statistics.median(_time(fn) for _ in range(reps))
 
@@ -102,8 +123,8 @@ def bench_model(name, *, reps, rounds, eager_reps):
     t = time.perf_counter()
     model = zoo.load(name, init="random")
     load_s = time.perf_counter() - t
-    args = inputs(model, jax.random.key(0))
-    init_s = _time(lambda: model.initialize(args["x"], key=jax.random.key(1)))
+    args = jax.block_until_ready(inputs(model, jax.random.key(0)))
+    init_s = _time(lambda: _initialize(model, args))
   rows = {"initialize": {"first_ms": 1e3 * init_s}}
   for method, fn in _methods(BATCH).items():
     first = _time(lambda: fn(model, args))
@@ -154,11 +175,13 @@ if which == "sample":
 else:
   sys.path.insert(0, os.path.join(os.environ["BENCH_ROOT"], "bench"))
   import latency
-  args = latency.inputs(model, key)
-  first = {"initialize": latency._time(lambda: model.initialize(args["x"], key=key))}
-  for m, fn in latency._methods(16).items():
+  args = jax.block_until_ready(latency.inputs(model, key))
+  calls = {"initialize": latency._initialize, **latency._methods(16)}
+  first, second = {}, {}
+  for m, fn in calls.items():
     first[m] = latency._time(lambda: fn(model, args))
-  out.update(import_s=t1 - t0, load_s=t2 - t1, first_s=first,
+    second[m] = latency._time(lambda: fn(model, args))
+  out.update(import_s=t1 - t0, load_s=t2 - t1, first_s=first, second_s=second,
              total_s=time.perf_counter() - t0)
 print("RESULT " + json.dumps(out))
 """
@@ -179,25 +202,34 @@ def _fresh(name, which, cache, eager=False):
   return json.loads(line[len("RESULT "):])
 
 
-def fresh_processes(models_all_methods):
+def fresh_processes(models_all_methods, pairs):
   result = {}
-  cache = tempfile.mkdtemp(prefix="nifzoo-latency-fresh-")
-  result["digits-nif16_sample"] = {
-      "before_eager_no_cache": _fresh("digits-nif16", "sample", None, eager=True),
-      "cold": _fresh("digits-nif16", "sample", cache),
-      "warm": _fresh("digits-nif16", "sample", cache),
-  }
-  r = result["digits-nif16_sample"]
-  r["warm_over_cold"] = r["warm"]["total_s"] / r["cold"]["total_s"]
-  print("  fresh digits-nif16:", json.dumps(r), flush=True)
+  r = {"before_eager_no_cache": _fresh("digits-nif16", "sample", None, eager=True),
+       "pairs": []}
+  for _ in range(pairs):
+    cache = tempfile.mkdtemp(prefix="nifzoo-latency-fresh-")
+    cold = _fresh("digits-nif16", "sample", cache)
+    warm = _fresh("digits-nif16", "sample", cache)
+    r["pairs"].append({"cold": cold, "warm": warm,
+                       "warm_over_cold": warm["total_s"] / cold["total_s"]})
+    print("  fresh digits-nif16:", json.dumps(r["pairs"][-1]), flush=True)
+  # The pair with the median ratio stands for the run (cold and warm of one pair).
+  median = sorted(r["pairs"], key=lambda p: p["warm_over_cold"])[(pairs - 1) // 2]
+  r.update(cold=median["cold"], warm=median["warm"],
+           warm_over_cold=median["warm_over_cold"])
+  result["digits-nif16_sample"] = r
   for name in models_all_methods:
     cache = tempfile.mkdtemp(prefix="nifzoo-latency-fresh-")
     cold = _fresh(name, "all", cache)
     warm = _fresh(name, "all", cache)
+    overhead = lambda o, m: o["first_s"][m] - o["second_s"][m]
     result[f"{name}_first_calls"] = {
         "cold": cold, "warm": warm,
         "warm_over_cold": {m: warm["first_s"][m] / cold["first_s"][m]
                            for m in cold["first_s"]},
+        "overhead_warm_over_cold": {
+            m: overhead(warm, m) / overhead(cold, m) for m in cold["first_s"]
+            if overhead(cold, m) >= NO_COMPILE_S},
         "total_warm_over_cold": warm["total_s"] / cold["total_s"]}
     print(f"  fresh {name}:", json.dumps(result[f"{name}_first_calls"]), flush=True)
   return result
@@ -224,17 +256,22 @@ def _table(results) -> str:
       g = f[k]
       lines.append(f"| {k} | {g['import_s']:.2f} | {g['load_s']:.2f} | "
                    f"{g['first_sample_s']:.2f} | {g['total_s']:.2f} |")
-    lines.append(f"| warm / cold | | | | {f['warm_over_cold']:.2f} |")
+    lines.append(f"| warm / cold (median of {len(f['pairs'])} pairs: "
+                 + ", ".join(f"{p['warm_over_cold']:.2f}" for p in f["pairs"])
+                 + f") | | | | {f['warm_over_cold']:.2f} |")
   for key, f in fresh.items():
     if not key.endswith("_first_calls"):
       continue
-    lines += ["", f"| fresh process, {key[:-len('_first_calls')]}: first call (s) | cold cache | warm cache | warm / cold |",
-              "|---|---|---|---|"]
+    lines += ["", f"| fresh process, {key[:-len('_first_calls')]}: first call (s) | cold cache | warm cache | warm / cold | second call, cold / warm process (s) | first - second, warm / cold |",
+              "|---|---|---|---|---|---|"]
     for m in f["cold"]["first_s"]:
       lines.append(f"| {m} | {f['cold']['first_s'][m]:.2f} | "
-                   f"{f['warm']['first_s'][m]:.2f} | {f['warm_over_cold'][m]:.2f} |")
-    lines.append(f"| whole process (import, load, every call) | {f['cold']['total_s']:.1f} | "
-                 f"{f['warm']['total_s']:.1f} | {f['total_warm_over_cold']:.2f} |")
+                   f"{f['warm']['first_s'][m]:.2f} | {f['warm_over_cold'][m]:.2f} | "
+                   f"{f['cold']['second_s'][m]:.2f} / {f['warm']['second_s'][m]:.2f} | "
+                   + (f"{f['overhead_warm_over_cold'][m]:.2f} |"
+                      if m in f["overhead_warm_over_cold"] else "— |"))
+    lines.append(f"| whole process (import, load, every call twice) | {f['cold']['total_s']:.1f} | "
+                 f"{f['warm']['total_s']:.1f} | {f['total_warm_over_cold']:.2f} | | |")
   return "\n".join(lines)
 
 
@@ -249,6 +286,8 @@ def main():
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--eager_reps", type=int, default=3,
                       help="op-by-op calls per method (digits models only; 0: none)")
+  parser.add_argument("--fresh_pairs", type=int, default=3,
+                      help="cold/warm fresh-process pairs for digits-nif16's first sample")
   parser.add_argument("--no_fresh", action="store_true")
   parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latency.json"))
   args = parser.parse_args()
@@ -267,7 +306,7 @@ def main():
   if not args.no_fresh:
     print("fresh processes:", flush=True)
     results["fresh"] = fresh_processes(
-        [m for m in args.fresh_all_methods.split(",") if m])
+        [m for m in args.fresh_all_methods.split(",") if m], args.fresh_pairs)
   results["load_average_end"] = os.getloadavg()
   table = _table(results)
   results["table"] = table

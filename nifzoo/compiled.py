@@ -59,6 +59,7 @@ import numpy as np
 from flax import nnx
 
 from nifzoo import cache as _cache
+from nifzoo import runtime
 
 try:  # Private, but the only direct test for "inside a transformation".
   from jax._src.core import trace_state_clean as _trace_state_clean
@@ -67,6 +68,7 @@ except ImportError:  # pragma: no cover - other jax versions: tracers only.
     return True
 
 _cache.apply_default()
+runtime.single_threaded_openblas()
 
 _DYNAMIC_LEAVES = (jax.Array, np.ndarray, np.generic, float, int, complex)
 

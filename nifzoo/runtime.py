@@ -24,7 +24,9 @@ the cloud's metadata server and logs errors when it finds neither;
 
 ``launch/train.py`` applies them; in a notebook or your own script, start Python with
 them (``OPENBLAS_NUM_THREADS=1 GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python ...``).
-A variable you have set yourself is left alone.
+A variable you have set yourself is left alone. The first of them also holds in a
+running process: importing nifzoo's jax-using modules limits the OpenBLAS
+libraries loaded by then to one thread (:func:`single_threaded_openblas`).
 """
 
 from __future__ import annotations
@@ -86,3 +88,24 @@ def reexec_with_defaults() -> None:
   sys.stderr.flush()
   argv = list(getattr(sys, "orig_argv", None) or [sys.executable] + sys.argv)
   os.execve(sys.executable, argv, env)
+
+
+def single_threaded_openblas() -> None:
+  """``OPENBLAS_NUM_THREADS=1`` in a running process, unless the variable is set.
+
+  jax's CPU LAPACK calls (Cholesky, triangular solves: the NIF prior, the 1x1
+  convolution's inverse) run in scipy's OpenBLAS, which jax loads at its first
+  such program and which starts its own threads. Loads it now and limits it,
+  and every other OpenBLAS already loaded (numpy's), to one thread
+  (``threadpoolctl``, which scikit-learn requires). One thread gives the same
+  results (OpenBLAS splits the right-hand sides between its threads).
+  """
+  if "OPENBLAS_NUM_THREADS" in os.environ:
+    return
+  try:
+    import scipy.linalg.cython_lapack  # pylint: disable=g-import-not-at-top,unused-import
+    import threadpoolctl  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  threadpoolctl.ThreadpoolController().select(internal_api="openblas").limit(
+      limits=1)

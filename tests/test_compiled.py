@@ -297,9 +297,13 @@ status = nifzoo.cache.status()
 if os.environ.get("PROBE_SAMPLE"):
   m = models.build(configs.get_config("digits-nif4,tiny"), rngs=models.seeded_rngs(0))
   m.sample_latent(jax.random.key(0), 3)
+import threadpoolctl
 print(json.dumps(dict(status=status, dir=jax.config.jax_compilation_cache_dir,
                       min_secs=jax.config.jax_persistent_cache_min_compile_time_secs,
-                      hits=counts.get("/jax/compilation_cache/cache_hits", 0))))
+                      hits=counts.get("/jax/compilation_cache/cache_hits", 0),
+                      openblas={i["filepath"]: i["num_threads"]
+                                for i in threadpoolctl.threadpool_info()
+                                if i["internal_api"] == "openblas"})))
 """
 
 
@@ -307,7 +311,8 @@ def _probe(env_updates, sample=False):
   import json
   env = {k: v for k, v in os.environ.items()
          if k not in ("JAX_COMPILATION_CACHE_DIR", "NIFZOO_COMPILATION_CACHE",
-                      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}
+                      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                      "OPENBLAS_NUM_THREADS")}
   env.update(env_updates, PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""))
   if sample:
     env["PROBE_SAMPLE"] = "1"
@@ -324,13 +329,19 @@ def test_cache_is_on_by_default_in_the_user_cache_dir(tmp_path):
   assert got["dir"].startswith(str(tmp_path)) and got["dir"].endswith(
       os.path.join("nifzoo", "jax"))
   assert got["min_secs"] == cache.MIN_COMPILE_SECS
+  # numpy's OpenBLAS and scipy's (jax's CPU LAPACK calls) on one thread.
+  assert any("scipy" in f for f in got["openblas"]), got["openblas"]
+  assert set(got["openblas"].values()) == {1}, got["openblas"]
 
 
 def test_cache_respects_the_users_setting_and_can_be_moved_or_turned_off(tmp_path):
   mine = str(tmp_path / "mine")
   got = _probe({"JAX_COMPILATION_CACHE_DIR": mine,
-                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"})
+                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+                "OPENBLAS_NUM_THREADS": "2"})
   assert (got["status"]["source"], got["dir"], got["min_secs"]) == ("user", mine, 0.5)
+  # Also the user's OPENBLAS_NUM_THREADS (OpenBLAS caps it at the cores).
+  assert set(got["openblas"].values()) == {min(2, os.cpu_count())}, got["openblas"]
   got = _probe({"NIFZOO_COMPILATION_CACHE": "0", "HOME": str(tmp_path)})
   assert got["status"]["source"] == "off" and got["dir"] is None
   moved = str(tmp_path / "moved")
