@@ -25,8 +25,9 @@ the cloud's metadata server and logs errors when it finds neither;
 ``launch/train.py`` applies them; in a notebook or your own script, start Python with
 them (``OPENBLAS_NUM_THREADS=1 GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python ...``).
 A variable you have set yourself is left alone. The first of them also holds in a
-running process: importing nifzoo's jax-using modules limits the OpenBLAS
-libraries loaded by then to one thread (:func:`single_threaded_openblas`).
+running process for the OpenBLAS that jax's CPU LAPACK calls use: importing
+nifzoo's jax-using modules limits scipy's to one thread
+(:func:`single_threaded_openblas`).
 """
 
 from __future__ import annotations
@@ -91,21 +92,28 @@ def reexec_with_defaults() -> None:
 
 
 def single_threaded_openblas() -> None:
-  """``OPENBLAS_NUM_THREADS=1`` in a running process, unless the variable is set.
+  """scipy's OpenBLAS on one thread in a running process, unless
+  ``OPENBLAS_NUM_THREADS`` is set.
 
   jax's CPU LAPACK calls (Cholesky, triangular solves: the NIF prior, the 1x1
-  convolution's inverse) run in scipy's OpenBLAS, which jax loads at its first
-  such program and which starts its own threads. Loads it now and limits it,
-  and every other OpenBLAS already loaded (numpy's), to one thread
-  (``threadpoolctl``, which scikit-learn requires). One thread gives the same
-  results (OpenBLAS splits the right-hand sides between its threads).
+  convolution's inverse) run in scipy's OpenBLAS, which starts its own threads
+  for them; on small matrices those threads only wait for a free core. Loads it
+  now and limits it to one thread (``threadpoolctl``, which scikit-learn
+  requires); numpy's own OpenBLAS (the user's ``np.linalg``, ``@``) is left
+  alone. One thread gives the same results (OpenBLAS splits the right-hand
+  sides between its threads).
   """
   if "OPENBLAS_NUM_THREADS" in os.environ:
     return
   try:
+    import scipy  # pylint: disable=g-import-not-at-top
     import scipy.linalg.cython_lapack  # pylint: disable=g-import-not-at-top,unused-import
     import threadpoolctl  # pylint: disable=g-import-not-at-top
   except ImportError:
     return
-  threadpoolctl.ThreadpoolController().select(internal_api="openblas").limit(
-      limits=1)
+  site = os.path.dirname(os.path.dirname(os.path.abspath(scipy.__file__)))
+  mine = (os.path.join(site, "scipy"), os.path.join(site, "scipy.libs"))
+  for lib in threadpoolctl.ThreadpoolController().select(
+      internal_api="openblas").lib_controllers:
+    if os.path.abspath(lib.filepath).startswith(mine):
+      lib.set_num_threads(1)
