@@ -11,6 +11,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -142,14 +143,37 @@ def test_bpd_evaluation_reports_the_split_and_its_metric(tiny_model, tmp_path):
                                   "outdir": str(tmp_path), "batch_size": 64,
                                   "progress": False, "command": "python c"})
   r = out["results"]["bpd"]
-  # The protocol: the library's bits/dim with the job's key for bpd.
+  # The protocol: the library's bits/dim with the job's key for bpd, which is
+  # its default key, at any batch size: one number per model.
   direct = evaluate.bits_per_dim(tiny_model, tiny_model.config.data, "test",
-                                 batch_size=64, num_draws=2,
-                                 key=jax.random.fold_in(jax.random.key(0), 1))
-  assert r == direct and r["num_images"] == 300
+                                 batch_size=256, num_draws=2)
+  np.testing.assert_allclose(r["values"], direct["values"], rtol=1e-6)
+  assert r["bits_per_dim"] == pytest.approx(direct["bits_per_dim"], rel=1e-6)
+  again = evaluate.bits_per_dim(tiny_model, tiny_model.config.data, "test",
+                                batch_size=64, num_draws=2,
+                                key=jax.random.fold_in(jax.random.key(0), 1))
+  assert again["bits_per_dim"] == r["bits_per_dim"] and r["num_images"] == 300
   assert out["metrics"] == {"test_bits_per_dim": {
       "value": round(r["bits_per_dim"], 5), "command": "python c",
+      "se": round(r["se_bits_per_dim"], 5),
       "split": "test", "num_images": 300, "num_draws": 2, "noise_scale": 1.0}}
+
+
+def test_training_registry_and_job_give_one_bits_per_dim(tiny_run, tmp_path):
+  """The loop's final evaluation (batch 8), the registry metric it writes and
+  an evaluation job (batch 256) of the registered model: one number."""
+  import helpers  # pylint: disable=g-import-not-at-top
+  from nifzoo import registry  # pylint: disable=g-import-not-at-top
+  _, reg, result = tiny_run
+  metric = registry.find(helpers.TINY_NAME, reg).metrics["test_bits_per_dim"]
+  out = evaluate.run(helpers.TINY_NAME, {
+      "evals": {"bpd": {"num_draws": metric["num_draws"]}}, "registry": reg,
+      "outdir": str(tmp_path), "progress": False})
+  job = out["results"]["bpd"]
+  assert job["bits_per_dim"] == pytest.approx(result["test_eval"]["bits_per_dim"],
+                                              rel=1e-6)
+  assert metric["value"] == round(result["test_eval"]["bits_per_dim"], 5)
+  assert metric["se"] == pytest.approx(job["se_bits_per_dim"], abs=1e-5)
 
 
 def test_fid_scores_s1_and_the_sweeps_s_star(tiny_model, tmp_path, monkeypatch):

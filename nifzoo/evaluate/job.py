@@ -37,7 +37,7 @@ from nifzoo.evaluate import sweep
 
 # name -> (module with `run`, the index folded into the job's key for it).
 EVALUATORS = {
-    "bpd": (bpd, 1), "iw_bound": (iw_bound, 1), "fd": (fd, 2),
+    "bpd": (bpd, bpd.KEY_INDEX), "iw_bound": (iw_bound, bpd.KEY_INDEX), "fd": (fd, 2),
     "s_sweep": (sweep, 3), "fid": (fid, 4), "figures": (figures, 5),
     "embeddings": (probe, 6),
 }
