@@ -3,7 +3,7 @@
 bits/dim: ``values`` (n, d) holds each of n test images' bits/dim at each of
 d dequantisation draws. Images are the independent units (draws of one image
 are correlated), so the mean's standard error is that of the n per-image
-means m_i = mean_d values[i, d] (docs/evaluation.md):
+means m_i = mean_d values[i, d] (the protocol of docs/results-digits.md):
 
   mean = (1/n) sum_i m_i,   SE = sd(m) / sqrt(n),   sd with ddof = 1.
 
