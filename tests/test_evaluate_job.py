@@ -303,7 +303,8 @@ def test_results_page_claims_are_tests_of_the_numbers():
   # A tie within the binomial noise is not a loss; 34 points is.
   assert v["probe"]["digits-nif8"]["verdict"] == "inconclusive"
   assert v["probe"]["digits-nif4"]["verdict"] == "worse"
-  assert "digits-deepnif8" not in v["bpd"]
+  assert "digits-deepnif8" not in v["bpd"] and "digits-deepnif8" not in v["fd"]
+  assert v["probe"]["digits-deepnif8"]["verdict"] == "worse"  # 0.80 vs 0.90
   deep = v["deep_nif"]["digits-deepnif8"]
   assert deep["nif"] == "digits-nif8" and deep["bpd"]["verdict"] == "better"
   assert deep["fd"]["verdict"] == "inconclusive"

@@ -6,7 +6,8 @@
    NF's at *its* tuned knob (T): the difference of the means over the test
    sample draws, ± its SE (Welch); also at the default knob (s = T = 1).
 3. The NIF embedding is more useful than the NF latent: the difference of
-   the linear probes' test accuracies, ± the SE of two binomial proportions.
+   the linear probes' test accuracies, ± the SE of two binomial proportions
+   (every NIF's embedding, the deep NIFs' μ(x) too).
 
 and each deep NIF ``<dataset>-deepnif<k>`` against ``<dataset>-nif<k>`` (paper
 App. B.4): its bits/dim is an importance-weighted *bound* (an upper bound on
@@ -54,6 +55,8 @@ def claims(bpd: dict, knob: dict, probe: dict, *, nf: str) -> dict:
   for name in bpd:
     if name == nf:
       continue
+    if name in probe and nf in probe:  # Every embedding, the deep NIFs' too.
+      out["probe"][name] = probe_comparison(probe[name], probe[nf])
     m = _DEEP_NIF.match(name)
     if m:
       ref = f"{m.group(1)}-nif{m.group(2)}"
@@ -66,8 +69,6 @@ def claims(bpd: dict, knob: dict, probe: dict, *, nf: str) -> dict:
     out["bpd"][name] = bpd_comparison(bpd[name], bpd[nf])
     out["fd"][name] = fd_comparison(knob[name], knob[nf], "tuned")
     out["fd_default"][name] = fd_comparison(knob[name], knob[nf], "default")
-    if name in probe and nf in probe:
-      out["probe"][name] = probe_comparison(probe[name], probe[nf])
   return out
 
 
