@@ -48,8 +48,7 @@ def main(argv):
   if _REGISTER.value:
     command = " ".join(["python"] + sys.argv)
     result = evaluate.bits_per_dim(model, config.data, "test",
-                                   num_draws=config.eval_num_draws,
-                                   key=jax.random.key(config.seed + 3))
+                                   num_draws=config.eval_num_draws)
     path = registry.register(
         _OUT.value, _REGISTER.value, name=_NAME.value or config.name,
         metrics=metrics.bits_per_dim_metric(result, command),

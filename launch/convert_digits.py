@@ -8,15 +8,18 @@ For k in 4, 8, 16, 32:
   2. fine-tunes that with the project's launcher for --steps steps
      (`--config.init_from`), scoring the whole test split at every
      --every steps, and registers the result as `digits-nif{k}-from-nf-ft`;
-  3. runs the noise-scale sweep (the `s_sweep` evaluation of
-     `nifzoo.evaluate.run`, as `launch/evaluate.py --evals=s_sweep`: s chosen
-     on a train subsample, Fréchet distance on the digits classifier's
-     features reported on test) for every model of the table that lacks it,
-     writing the metrics into its entry;
+  3. scores every model of the table by one protocol (the evaluation job's
+     ``bpd`` and ``knob``: bits/dim on common images and draws, mean ± SE;
+     FD at the default and the tuned knob, mean ± SE over sample draws),
+     reusing docs/results-digits.json's FD draws for the NF and the
+     from-scratch models, and writes the metrics into the registry entries;
 then writes docs/results-convert-digits.md and docs/results-convert-digits.json:
-test bits/dim and FD at the tuned s of the NF, the converted NIF-k, the
-fine-tuned one (and its bits/dim curve) and the from-scratch `digits-nif{k}`,
-with the conversion times.
+test bits/dim ± SE of the NF, the converted NIF-k, the fine-tuned one and the
+from-scratch `digits-nif{k}`, every comparison a paired difference ± SE with
+its verdict (``nifzoo.evaluate.stats``), the fine-tuning curve ± SE, the
+steps to reach from-scratch, and the FD table with verdicts. The registered
+checkpoints are not rewritten unless --register is given (steps 1 and 2 then
+register their results, as the first run did).
 """
 
 import json
@@ -24,6 +27,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 from absl import app
 from absl import flags
@@ -35,6 +39,11 @@ _LR = flags.DEFINE_float("lr", 3e-4, "Fine-tuning learning rate.")
 _RUNS = flags.DEFINE_string("runs", "runs/convert", "Workdir root.")
 _REGISTRY = flags.DEFINE_string("registry", "registry", "Registry to write.")
 _OUT = flags.DEFINE_string("out", "docs/results-convert-digits", "Results files (.md, .json).")
+_REGISTER = flags.DEFINE_bool(
+    "register", False, "Register the conversions and fine-tuned runs again "
+    "(new checkpoints); default: score the registered ones, the runs give the curve.")
+_DIGITS = flags.DEFINE_string("digits_results", "docs/results-digits.json",
+                              "launch/results_digits.py's JSON (FD draws reused).")
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,13 +53,45 @@ def _run(cmd):
   subprocess.run([sys.executable] + cmd, check=True, cwd=_ROOT)
 
 
+def _pm(mean, se, digits=4):
+  from nifzoo.evaluate import stats  # pylint: disable=g-import-not-at-top
+  return stats.fmt(mean, se, digits)
+
+
+def _cmp(c, digits=4):
+  return f"{c['diff']:+.{digits}f} ± {c['se']:.{digits}f} ({c['verdict']})"
+
+
 def main(argv):
   del argv
-  import jax  # pylint: disable=g-import-not-at-top
   from nifzoo import cards, evaluate, registry, zoo  # pylint: disable=g-import-not-at-top
-  from nifzoo.evaluate import metrics  # pylint: disable=g-import-not-at-top
+  from nifzoo.evaluate import claims, stats  # pylint: disable=g-import-not-at-top
   os.chdir(_ROOT)
+  t0 = time.time()
   command = " ".join(["python", "launch/convert_digits.py"] + sys.argv[1:])
+  reg = ["--register=" + _REGISTRY.value] if _REGISTER.value else []
+  digits = json.load(open(_DIGITS.value)) if os.path.exists(_DIGITS.value) else {}
+  config = evaluate.get_config("bpd,knob")
+  config.command, config.write_metrics = command, _REGISTRY.value
+  config.progress = False
+  scored = {}
+
+  def score(name):
+    """The job on a registered model; FD draws reused from results-digits."""
+    if name not in scored:
+      config.outdir = f"{_RUNS.value}/eval/{name}"
+      if name in digits.get("knob", {}):
+        config.evals = {"bpd": config.evals.bpd}
+        out = evaluate.run(name, config)["results"]
+        out["knob"] = digits["knob"][name]
+        config.evals = evaluate.get_config("bpd,knob").evals
+      else:
+        out = evaluate.run(name, config)["results"]
+      scored[name] = out
+      print(f"[{name}] bits/dim {out['bpd']['bits_per_dim']:.4f}, FD tuned "
+            f"{out['knob']['tuned']['mean']:.2f}", flush=True)
+    return scored[name]
+
   rows = []
   for k in map(int, _KS.value):
     conv_dir = os.path.join(_RUNS.value, f"digits-nif{k}-from-nf")
@@ -58,95 +99,115 @@ def main(argv):
     for d in (conv_dir, ft_dir):
       if os.path.exists(d):
         shutil.rmtree(d)
-    _run(["launch/convert.py", "--from=digits-nf", f"--k={k}", f"--out={conv_dir}",
-          f"--register={_REGISTRY.value}"])
+    _run(["launch/convert.py", "--from=digits-nf", f"--k={k}", f"--out={conv_dir}"]
+         + reg)
     _run(["launch/train.py", f"--config=configs/digits.py:nif{k}",
           f"--config.init_from={conv_dir}", f"--workdir={ft_dir}",
           f"--config.total_steps={_STEPS.value}", f"--config.learning_rate={_LR.value}",
           "--config.warmup_steps=50", f"--config.checkpoint_every={_EVERY.value}",
           f"--config.keep_checkpoints={_STEPS.value // _EVERY.value + 1}",
-          f"--config.sample_every={_STEPS.value}",
-          f"--register={_REGISTRY.value}", f"--name=digits-nif{k}-from-nf-ft"])
-    curve = []
-    for step in range(_EVERY.value, _STEPS.value + 1, _EVERY.value):
-      m = zoo.load(ft_dir, step=step)
-      # As the training loop's final evaluation (same batches, key and draws).
-      r = evaluate.bits_per_dim(m, m.config.data, "test",
-                                batch_size=m.config.batch_size,
-                                num_draws=m.config.eval_num_draws,
-                                key=jax.random.key(m.config.seed + 3))
-      curve.append({"step": step, "test_bits_per_dim": r["bits_per_dim"]})
-    report = json.load(open(os.path.join(conv_dir, "convert.json")))
-    rows.append({"k": k, "fine_tune_steps": _STEPS.value, "curve": curve,
-                 "convert_seconds": report["seconds"],
-                 "train_log_prior_gain_nats": report["train_log_prior_nif"]
-                                              - report["train_log_prior_nf"],
-                 "sigma2": report["sigma2_min"]})
-  fd_name = metrics.FD.format(features="classifier")
-  names = ["digits-nf"] + [f"digits-nif{r['k']}{suffix}" for r in rows
-                           for suffix in ("-from-nf", "-from-nf-ft", "")]
-  for name in names:
-    if fd_name not in registry.find(name, _REGISTRY.value).metrics:
-      evaluate.run(name, {"evals": {"s_sweep": {}}, "registry": _REGISTRY.value,
-                          "outdir": f"{_RUNS.value}/eval/{name}",
-                          "write_metrics": _REGISTRY.value, "command": command})
-  entry = lambda name: registry.find(name, _REGISTRY.value)
-  bpd = lambda name: entry(name).metrics[metrics.BPD]["value"]
-  fd = lambda name: entry(name).metrics[fd_name]
-  nf_bpd = bpd("digits-nf")
-  for r in rows:
-    k = r["k"]
+          f"--config.sample_every={_STEPS.value}"]
+         + reg + ([f"--name=digits-nif{k}-from-nf-ft"] if reg else []))
     conv, ft, scratch = (f"digits-nif{k}-from-nf", f"digits-nif{k}-from-nf-ft",
                          f"digits-nif{k}")
-    curve_bpd = [(0, bpd(conv))] + [(c["step"], c["test_bits_per_dim"])
-                                    for c in r["curve"]]
-    r.update({
-        "nf": nf_bpd, "converted": bpd(conv), "fine_tuned": bpd(ft),
-        "from_scratch": bpd(scratch),
-        "steps_to_match_scratch": next(
-            (step for step, v in curve_bpd if v <= bpd(scratch)), None),
-        "fd": {n: {"value": fd(n)["value"], "s_star": fd(n).get("s_star")}
-               for n in ("digits-nf", conv, ft, scratch)}})
+    s_nf, s_conv, s_ft, s_scr = (score(n) for n in ("digits-nf", conv, ft, scratch))
+    bpd = lambda r: r["bpd"]
+    curve = []
+    for step in range(0, _STEPS.value + 1, _EVERY.value):
+      m = zoo.load(conv_dir) if step == 0 else zoo.load(ft_dir, step=step)
+      r = evaluate.bits_per_dim(m, m.config.data, "test",
+                                num_draws=config.evals.bpd.num_draws)
+      vs = claims.bpd_comparison(r, bpd(s_scr))
+      curve.append({"step": step, "bits_per_dim": r["bits_per_dim"],
+                    "se": r["se_bits_per_dim"], "minus_scratch": vs})
+    report = json.load(open(os.path.join(conv_dir, "convert.json")))
+    steps_to = lambda ok: next((c["step"] for c in curve if ok(c)), None)
+    rows.append({
+        "k": k, "fine_tune_steps": _STEPS.value, "curve": curve,
+        "convert_seconds": report["seconds"],
+        "train_log_prior_gain_nats": report["train_log_prior_nif"]
+                                     - report["train_log_prior_nf"],
+        "sigma2": report["sigma2_min"],
+        "bits_per_dim": {n: {"mean": bpd(r)["bits_per_dim"],
+                             "se": bpd(r)["se_bits_per_dim"]}
+                         for n, r in (("nf", s_nf), ("converted", s_conv),
+                                      ("fine_tuned", s_ft), ("from_scratch", s_scr))},
+        "converted_minus_nf": claims.bpd_comparison(bpd(s_conv), bpd(s_nf)),
+        "fine_tuned_minus_scratch": claims.bpd_comparison(bpd(s_ft), bpd(s_scr)),
+        "steps_to_mean_below_scratch": steps_to(
+            lambda c: c["minus_scratch"]["diff"] <= 0),
+        "steps_to_not_worse_than_scratch": steps_to(
+            lambda c: c["minus_scratch"]["verdict"] != "worse"),
+        "fd": {n: {"knob_star": r["knob"]["knob_star"],
+                   "tuned": {x: r["knob"]["tuned"][x] for x in ("mean", "se")},
+                   "default": {x: r["knob"]["default"][x] for x in ("mean", "se")}}
+               for n, r in (("nf", s_nf), ("converted", s_conv),
+                            ("fine_tuned", s_ft), ("from_scratch", s_scr))},
+        "fd_vs_nf": {n: claims.fd_comparison(r["knob"], s_nf["knob"], "tuned")
+                     for n, r in (("converted", s_conv), ("fine_tuned", s_ft),
+                                  ("from_scratch", s_scr))}})
+  wall = time.time() - t0
   with open(_OUT.value + ".json", "w") as f:
-    json.dump({"rows": rows, "command": "python launch/convert_digits.py",
-               "fine_tune_lr": _LR.value, "fd_metric": fd_name}, f, indent=2)
+    json.dump({"rows": rows, "command": command, "wall_time_s": wall,
+               "fine_tune_lr": _LR.value, "test": stats.TEST}, f, indent=2,
+              default=evaluate.job.jsonable)
+  k0 = scored["digits-nf"]["knob"]
   lines = [
       "# NF -> NIF conversion on digits",
       "",
-      "Generated by `python launch/convert_digits.py` from the registry entries "
-      "it writes (test bits/dim on all 300 test digits, 4 dequantisation draws, "
-      "s = 1). *Converted*: `digits-nf`'s Glow with a Gaussian NIF prior fitted "
-      "in closed form (PPCA, docs/math.md §7), no training. *Fine-tuned*: that, "
-      f"trained {_STEPS.value} more steps at lr {_LR.value:g}. *From scratch*: "
-      "the shipped `digits-nif{k}` (2,000 steps). FD: Fréchet distance of "
-      "samples to the test split on the digits classifier's features, at the "
-      "noise scale s* chosen on a train subsample (`launch/evaluate.py "
-      "--evals=s_sweep`; the NF has no s).",
+      "<!-- Generated by launch/convert_digits.py; do not edit by hand. -->",
       "",
-      "Test bits/dim (s = 1):",
+      f"Generated by `{command}` in {wall:.0f} s. *Converted*: `digits-nf`'s Glow "
+      "with a Gaussian NIF prior fitted in closed form (PPCA, docs/math.md §7), no "
+      f"training. *Fine-tuned*: that, trained {_STEPS.value} more steps at lr "
+      f"{_LR.value:g}. *From scratch*: the shipped `digits-nif{{k}}` (2,000 steps).",
       "",
-      "| k | NF | converted | fine-tuned | from scratch | fine-tuning steps to reach scratch | conversion time | train log-prior gain (nats/image) |",
-      "|---|---|---|---|---|---|---|---|"]
+      "Protocol (the one of [results-digits.md](results-digits.md)): test bits/dim "
+      f"at s = 1 on all 300 test images × {config.evals.bpd.num_draws} "
+      "dequantisation draws, every model on the same images and draws (the noise "
+      "of image i, draw d is keyed by (i, d), not by the batch), mean ± SE; every "
+      "bits/dim comparison is the paired difference ± SE with the verdict of a "
+      f"{stats.TEST} (\"better\"/\"worse\" for the first named, or "
+      "\"inconclusive\"). FD on the digits classifier's features: "
+      f"{k0['num_samples']} samples per draw against the 300 test images, mean ± SE "
+      f"over {k0['test_draws']} draws, each model at its own knob tuned on "
+      f"{k0['tune_size']} train images (T for the NF, s for the NIFs).",
+      "",
+      "Test bits/dim (s = 1), mean ± SE:",
+      "",
+      "| k | NF | converted | fine-tuned | from scratch | converted − NF | "
+      "fine-tuned − scratch | conversion time | train log-prior gain (nats/image) |",
+      "|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
-    match = (f"{r['steps_to_match_scratch']}"
-             if r["steps_to_match_scratch"] is not None
-             else f"not within {r['fine_tune_steps']}")
+    b = r["bits_per_dim"]
     lines.append(
-        f"| {r['k']} | {r['nf']:.4f} | {r['converted']:.4f} | {r['fine_tuned']:.4f} | "
-        f"{r['from_scratch']:.4f} | {match} | {r['convert_seconds']:.1f} s | "
-        f"{r['train_log_prior_gain_nats']:.3f} |")
-  lines += ["", "Fréchet distance at the tuned s (s* in brackets):", "",
-            "| k | NF | converted | fine-tuned | from scratch |", "|---|---|---|---|---|"]
-  for r in rows:
-    cells = [f"{v['value']:.3f}" + (f" ({v['s_star']:.2f})"
-                                    if v.get("s_star") is not None else "")
-             for v in r["fd"].values()]
-    lines.append(f"| {r['k']} | " + " | ".join(cells) + " |")
-  lines += ["", "Fine-tuning curves (test bits/dim every "
-            f"{_EVERY.value} steps):", ""]
+        f"| {r['k']} | " + " | ".join(_pm(b[n]["mean"], b[n]["se"]) for n in
+                                       ("nf", "converted", "fine_tuned", "from_scratch"))
+        + f" | {_cmp(r['converted_minus_nf'])} | {_cmp(r['fine_tuned_minus_scratch'])} "
+        f"| {r['convert_seconds']:.1f} s | {r['train_log_prior_gain_nats']:.3f} |")
+  lines += ["", "Fine-tuning curve (test bits/dim ± SE; in brackets the paired "
+            "difference to from-scratch and its verdict), and the steps to reach "
+            "from-scratch: the first step whose mean is at or below it / the first "
+            "step not significantly worse:", ""]
   for r in rows:
     lines.append(f"- k = {r['k']}: " + ", ".join(
-        f"{c['step']}: {c['test_bits_per_dim']:.4f}" for c in r["curve"]))
+        f"{c['step']}: {_pm(c['bits_per_dim'], c['se'])} "
+        f"[{_cmp(c['minus_scratch'])}]" for c in r["curve"]))
+    na = f"not within {r['fine_tune_steps']}"
+    lines.append(
+        f"  steps to reach scratch: mean at or below "
+        f"{r['steps_to_mean_below_scratch'] if r['steps_to_mean_below_scratch'] is not None else na}; "
+        f"not worse {r['steps_to_not_worse_than_scratch'] if r['steps_to_not_worse_than_scratch'] is not None else na}.")
+  lines += ["", "Fréchet distance at each model's tuned knob, mean ± SE (the knob "
+            "in brackets), and each NIF − NF with its verdict (Welch):", "",
+            "| k | NF | converted | fine-tuned | from scratch | converted − NF | "
+            "fine-tuned − NF | scratch − NF |", "|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    cells = [f"{_pm(v['tuned']['mean'], v['tuned']['se'], 2)} "
+             f"({'T' if n == 'nf' else 's'} = {v['knob_star']:g})"
+             for n, v in r["fd"].items()]
+    lines.append(f"| {r['k']} | " + " | ".join(cells) + " | "
+                 + " | ".join(_cmp(c, 2) for c in r["fd_vs_nf"].values()) + " |")
   with open(_OUT.value + ".md", "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))

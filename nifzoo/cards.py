@@ -143,7 +143,8 @@ def paper_figures(name: str) -> dict | None:
 
 
 def markdown_table(entries) -> str:
-  """The entries with a checkpoint (``registry.all_entries()``) as a Markdown table."""
+  """The entries with a checkpoint (``registry.all_entries()``) as a Markdown
+  table; test bits/dim as mean ± SE (the deep NIF's: its IW bound and N)."""
   rows = ["| name | model | parameters | steps | test bits/dim | trained in |",
           "|---|---|---|---|---|---|"]
   def order(e):  # digits-nf, digits-nif4, ..., digits-nif32, then derived names
@@ -155,8 +156,10 @@ def markdown_table(entries) -> str:
     if e.checkpoint is None:
       continue
     m = e.metrics.get("test_bits_per_dim")
-    bpd = (f"{m['value']:.3f} ({m['num_images']} images x {m['num_draws']} draws)"
-           if m else "—")
+    bpd = "—" if not m else (
+        f"{m['value']:.4f}" + (f" ± {m['se']:.4f}" if "se" in m else "")
+        + (f" (IW bound, N = {m['num_samples']})" if m.get("num_samples") else "")
+        + f" ({m['num_images']} images x {m['num_draws']} draws)")
     training = e.data["training"] or {}
     t = training.get("wall_time_s")
     load = training.get("load_average_1min")

@@ -104,9 +104,14 @@ def test_split_and_sample_features(tiny_models, clf, data_config):
   key = jax.random.key(3)
   f = fd_lib.split_features(ffn, data_config, "test", key=key, batch_size=128)
   assert f.shape == (300, 8)
-  x, _ = classifier.load_split(data_config, "test", max_images=128)
-  u = jax.random.uniform(jax.random.fold_in(key, 0), x.shape, jnp.float32)
-  np.testing.assert_allclose(f[:128], ffn((x + u) / 17.0), rtol=1e-5, atol=1e-6)
+  x, _ = classifier.load_split(data_config, "test", max_images=140)
+  # Image i's noise: its own key, whatever the batch (rows 128-139: batch 2).
+  u = jnp.stack([jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, i), 0),
+                                    x.shape[1:], jnp.float32) for i in range(140)])
+  np.testing.assert_allclose(f[:140], ffn((x + u) / 17.0), rtol=1e-5, atol=1e-6)
+  sub = fd_lib.split_features(ffn, data_config, "test", key=key, batch_size=32,
+                              indices=np.arange(130, 140))
+  np.testing.assert_allclose(sub, f[130:140], rtol=1e-5, atol=1e-6)
   s = fd_lib.sample_features(fd_lib.make_sampler(model), ffn, 40, key=key,
                              noise_scale=0.5, batch_size=32)
   assert s.shape == (40, 8)

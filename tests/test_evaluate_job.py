@@ -11,6 +11,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -142,14 +143,37 @@ def test_bpd_evaluation_reports_the_split_and_its_metric(tiny_model, tmp_path):
                                   "outdir": str(tmp_path), "batch_size": 64,
                                   "progress": False, "command": "python c"})
   r = out["results"]["bpd"]
-  # The protocol: the library's bits/dim with the job's key for bpd.
+  # The protocol: the library's bits/dim with the job's key for bpd, which is
+  # its default key, at any batch size: one number per model.
   direct = evaluate.bits_per_dim(tiny_model, tiny_model.config.data, "test",
-                                 batch_size=64, num_draws=2,
-                                 key=jax.random.fold_in(jax.random.key(0), 1))
-  assert r == direct and r["num_images"] == 300
+                                 batch_size=256, num_draws=2)
+  np.testing.assert_allclose(r["values"], direct["values"], rtol=1e-6)
+  assert r["bits_per_dim"] == pytest.approx(direct["bits_per_dim"], rel=1e-6)
+  again = evaluate.bits_per_dim(tiny_model, tiny_model.config.data, "test",
+                                batch_size=64, num_draws=2,
+                                key=jax.random.fold_in(jax.random.key(0), 1))
+  assert again["bits_per_dim"] == r["bits_per_dim"] and r["num_images"] == 300
   assert out["metrics"] == {"test_bits_per_dim": {
       "value": round(r["bits_per_dim"], 5), "command": "python c",
+      "se": round(r["se_bits_per_dim"], 5),
       "split": "test", "num_images": 300, "num_draws": 2, "noise_scale": 1.0}}
+
+
+def test_training_registry_and_job_give_one_bits_per_dim(tiny_run, tmp_path):
+  """The loop's final evaluation (batch 8), the registry metric it writes and
+  an evaluation job (batch 256) of the registered model: one number."""
+  import helpers  # pylint: disable=g-import-not-at-top
+  from nifzoo import registry  # pylint: disable=g-import-not-at-top
+  _, reg, result = tiny_run
+  metric = registry.find(helpers.TINY_NAME, reg).metrics["test_bits_per_dim"]
+  out = evaluate.run(helpers.TINY_NAME, {
+      "evals": {"bpd": {"num_draws": metric["num_draws"]}}, "registry": reg,
+      "outdir": str(tmp_path), "progress": False})
+  job = out["results"]["bpd"]
+  assert job["bits_per_dim"] == pytest.approx(result["test_eval"]["bits_per_dim"],
+                                              rel=1e-6)
+  assert metric["value"] == round(result["test_eval"]["bits_per_dim"], 5)
+  assert metric["se"] == pytest.approx(job["se_bits_per_dim"], abs=1e-5)
 
 
 def test_fid_scores_s1_and_the_sweeps_s_star(tiny_model, tmp_path, monkeypatch):
@@ -239,50 +263,52 @@ def test_evaluation_job_end_to_end(tiny_entry):
 # ------------------------------------------------------------------ claims
 
 
-def test_results_page_claims():
-  """The paper's claims are computed from the numbers."""
-  rows = {
-      "digits-nf": {"bits_per_dim": 2.10, "fd": 9.0, "fd_s1": 9.0, "s_star": 1.0,
-                    "probe_accuracy": 0.80},
-      "digits-nif4": {"bits_per_dim": 2.20, "fd": 8.0, "fd_s1": 8.5, "s_star": 0.9,
-                      "probe_accuracy": 0.85},
-      "digits-nif16": {"bits_per_dim": 2.12, "fd": 9.5, "fd_s1": 9.6, "s_star": 1.2,
-                       "probe_accuracy": 0.70},
-  }
-  v = claims.claims(rows, nf="digits-nf")
-  assert not v["bpd"]["digits-nif4"]["within_2_percent"]   # +4.8 %
-  assert v["bpd"]["digits-nif16"]["within_2_percent"]      # +1.0 %
-  assert v["fd"]["digits-nif4"]["nif_better"] and not v["fd"]["digits-nif16"]["nif_better"]
-  assert v["probe"]["digits-nif4"]["nif_better"]
-  assert not v["probe"]["digits-nif16"]["nif_better"]
-  text = claims.markdown(v, dataset="digits", repeats=5, pixel_probe=0.9)
-  assert text.startswith("## The paper's claims on digits")
-  assert "`digits-nif4`: 2.2000 vs NF 2.1000 (+4.76%): **no**" in text
-  assert "raw pixels: 90.0%" in text
+def _claims_inputs():
+  """Per-image bits/dim sharing a common part (so that pairing matters), FD
+  draws and probes of an NF, two NIF-k and a deep NIF."""
+  rng = np.random.default_rng(0)
+  common = rng.normal(2.1, 0.2, size=(300, 4))
+  noise = lambda sd: rng.normal(0, sd, size=(300, 4))
+  bpd = {"digits-nf": common + noise(0.01),
+         "digits-nif4": common + 0.05 + noise(0.01),      # clearly worse
+         "digits-nif8": common + noise(0.01),             # a match
+         "digits-deepnif8": common - 0.03 + noise(0.01)}  # bound, clearly lower
+  fds = {"digits-nf": rng.normal(9.0, 0.5, 20), "digits-nif4": rng.normal(7.0, 0.5, 20),
+         "digits-nif8": rng.normal(9.1, 0.5, 20),
+         "digits-deepnif8": rng.normal(9.0, 0.5, 20)}
+  knob = {n: {"tuned": {"fds": f.tolist()}, "default": {"fds": (f + 1.0).tolist()}}
+          for n, f in fds.items()}
+  probe = {"digits-nf": {"accuracy": 0.90, "num_test": 300},
+           "digits-nif4": {"accuracy": 0.56, "num_test": 300},
+           "digits-nif8": {"accuracy": 0.893, "num_test": 300},
+           "digits-deepnif8": {"accuracy": 0.8, "num_test": 300}}
+  return ({n: {"values": v, "num_samples": 16 if "deep" in n else None}
+           for n, v in bpd.items()}, knob, probe)
 
 
-def test_results_page_compares_the_deep_nif_with_nif_k():
-  """A deep NIF is compared with the NIF-k of its k (not listed under the
-  NF claims); the FD verdict uses the spread over sample draws."""
-  row = lambda bpd, fd, s: {"bits_per_dim": bpd, "fd": fd, "fd_s1": fd,
-                            "s_star": s, "probe_accuracy": 0.8}
-  rows = {"digits-nf": row(2.13, 9.0, 1.0), "digits-nif8": row(2.13, 9.5, 1.0),
-          "digits-deepnif8": row(2.11, 8.0, 1.1)}
-  spread = {"digits-nf": {"s_star": {"mean": 9.0, "std": 0.5}},
-            "digits-nif8": {"s_star": {"mean": 9.5, "std": 0.5}},
-            "digits-deepnif8": {"s_star": {"mean": 8.8, "std": 0.2}}}
-  iw = {"digits-deepnif8": {"num_samples": [1, 16, 256],
-                            "bits_per_dim_by_n": [2.2, 2.11, 2.105]}}
-  v = claims.claims(rows, spread, iw, nf="digits-nf")
+def test_results_page_claims_are_tests_of_the_numbers():
+  """Oracle: the paired difference and the Welch SE written out with numpy."""
+  bpd, knob, probe = _claims_inputs()
+  v = claims.claims(bpd, knob, probe, nf="digits-nf")
+  d = (bpd["digits-nif4"]["values"] - bpd["digits-nf"]["values"]).mean(axis=1)
+  assert v["bpd"]["digits-nif4"]["diff"] == pytest.approx(d.mean())
+  assert v["bpd"]["digits-nif4"]["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(300))
+  assert v["bpd"]["digits-nif4"]["verdict"] == "worse"
+  assert v["bpd"]["digits-nif8"]["verdict"] == "inconclusive"
+  a, b = (np.asarray(knob[n]["tuned"]["fds"]) for n in ("digits-nif4", "digits-nf"))
+  assert v["fd"]["digits-nif4"]["se"] == pytest.approx(
+      np.sqrt(a.var(ddof=1) / 20 + b.var(ddof=1) / 20))
+  assert v["fd"]["digits-nif4"]["verdict"] == "better"
+  assert v["fd"]["digits-nif8"]["verdict"] == "inconclusive"
+  # A tie within the binomial noise is not a loss; 34 points is.
+  assert v["probe"]["digits-nif8"]["verdict"] == "inconclusive"
+  assert v["probe"]["digits-nif4"]["verdict"] == "worse"
   assert "digits-deepnif8" not in v["bpd"] and "digits-deepnif8" not in v["fd"]
-  d = v["deep_nif"]["digits-deepnif8"]
-  assert d["nif"] == "digits-nif8" and d["bpd_n256"] == 2.105
-  assert d["bpd_better"] and d["fd_better"]
-  assert not d["fd_beyond_2_std"]   # |8.8 - 9.5| = 0.7 <= 2 * 0.5
-  spread["digits-deepnif8"]["s_star"]["mean"] = 12.0
-  v = claims.claims(rows, spread, iw, nf="digits-nf")
-  assert not v["deep_nif"]["digits-deepnif8"]["fd_better"]
-  assert v["deep_nif"]["digits-deepnif8"]["fd_beyond_2_std"]
-  text = claims.markdown(v, dataset="digits", repeats=5, pixel_probe=0.9)
-  assert "## The deep NIF against NIF-k" in text
-  assert "| `digits-deepnif8` | 2.1100 | 2.1050 | `digits-nif8` | 2.1300 |" in text
+  assert v["probe"]["digits-deepnif8"]["verdict"] == "worse"  # 0.80 vs 0.90
+  deep = v["deep_nif"]["digits-deepnif8"]
+  assert deep["nif"] == "digits-nif8" and deep["bpd"]["verdict"] == "better"
+  assert deep["fd"]["verdict"] == "inconclusive"
+  text = claims.markdown(v, dataset="digits", nf="digits-nf")
+  assert text.startswith("## The paper's claims on digits")
+  assert "**bound**" in text and "N = 16" in text
+  assert "- `digits-nif8`: " in text and "**inconclusive**" in text

@@ -292,8 +292,11 @@ def test_shipped_entries_hash_their_files(name):
   assert e.checkpoint is not None, f"{name} ships no checkpoint"
   assert variables.hash_directory(e.checkpoint_path()) == e.checkpoint["sha256"]
   m = e.metrics["test_bits_per_dim"]
-  made_by = "convert.py" if name.endswith("-from-nf") else "train.py"
+  # Scored by the results scripts, one protocol (launch/results_digits.py,
+  # launch/convert_digits.py), with its standard error.
+  made_by = "convert_digits.py" if "-from-nf" in name else "results_digits.py"
   assert m["num_images"] == 300 and m["command"].startswith(f"python launch/{made_by}")
+  assert 0 < m["se"] < 0.05
 
 
 def test_shipped_entries_are_the_packaged_checkpoints():

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 from ml_collections import config_dict
 
+from nifzoo.evaluate import knob
 from nifzoo.evaluate import sweep
 
 # The evaluations in the order a job runs them (fid uses s_sweep's s*).
-EVALS = ("bpd", "iw_bound", "fd", "s_sweep", "fid", "figures", "embeddings")
+EVALS = ("bpd", "iw_bound", "fd", "s_sweep", "knob", "fid", "figures",
+         "embeddings")
 DEFAULT_EVALS = "bpd,s_sweep,figures,embeddings"
 
 # Settings of each evaluation, at their defaults. None: a placeholder of the
@@ -40,6 +42,12 @@ SETTINGS = {
     # many as the test split has).
     "s_sweep": {"scales": sweep.DEFAULT_SCALES, "num_samples": 1000,
                 "tune_size": int, "bpd_draws": 4},
+    # FD at the default and the tuned knob (T for the NF, s for a NIF), mean
+    # ± SE over test_draws sample draws; the knob tuned on tune_size train
+    # images over grid, extended by step within [lower, upper] (knob.py).
+    "knob": {"num_samples": 1000, "tune_draws": 10, "test_draws": 20,
+             "tune_size": int, "grid": knob.DEFAULT_GRID, "step": knob.STEP,
+             "lower": knob.LOWER, "upper": knob.UPPER},
     # Inception-v3 FID; weights: a pytorch-fid .npz (see inception.py).
     "fid": {"num_samples": 1000, "weights": str},
     "figures": {},
@@ -128,8 +136,9 @@ def _names(arg: str) -> list[str]:
 # settings ("<eval>.<setting>", of the evaluations the job runs) or job fields
 # it sets.
 SHORTCUTS = {
-    "num_samples": ("fd.num_samples", "s_sweep.num_samples", "fid.num_samples"),
-    "tune_size": ("s_sweep.tune_size",),
+    "num_samples": ("fd.num_samples", "s_sweep.num_samples", "knob.num_samples",
+                    "fid.num_samples"),
+    "tune_size": ("s_sweep.tune_size", "knob.tune_size"),
     "scales": ("s_sweep.scales",),
     "bpd_draws": ("bpd.num_draws", "iw_bound.num_draws", "s_sweep.bpd_draws"),
     "iw_samples": ("bpd.iw_samples",),

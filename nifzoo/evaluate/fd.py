@@ -15,6 +15,8 @@ counts, which every result records. ``run`` is the ``fd`` evaluation of a job
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,18 +32,24 @@ from nifzoo.evaluate import progress as progress_lib
 def split_features(feature_fn, data_config, split: str, *, key=None,
                    batch_size: int = 256, indices=None,
                    max_images: int | None = None) -> np.ndarray:
-  """Features (N, d) of every image of ``split`` (or ``indices``), dequantised
-  with ``fold_in(key, batch)`` (default key(0))."""
+  """Features (N, d) of every image of ``split`` (or ``indices``); the image
+  with index i in the split is dequantised with ``bpd.image_key(key, i, 0)``
+  (default key(0)), whatever the batching."""
   key = jax.random.key(0) if key is None else key
   L = int(data_config.num_levels)
   out = []
-  for i, (x, _, mask) in enumerate(bpd_lib.eval_batches(
+  for x, _, mask, index in bpd_lib.eval_batches(
       data_config, split, batch_size, indices=indices, max_images=max_images,
-      process_index=0, process_count=1)):
-    u = jax.random.uniform(jax.random.fold_in(key, i), x.shape, jnp.float32)
+      process_index=0, process_count=1, with_indices=True):
+    u = _uniform(bpd_lib.image_key(key, index, 0), x.shape[1:])
     y = (jnp.asarray(x, jnp.float32) + u) / L
     out.append(np.asarray(feature_fn(y), np.float64)[mask])
   return np.concatenate(out)
+
+
+@functools.partial(jax.jit, static_argnames="shape")
+def _uniform(keys, shape):
+  return jax.vmap(lambda k: jax.random.uniform(k, shape, jnp.float32))(keys)
 
 
 def _sample(model, key, temperature, noise_scale, *, n: int):

@@ -32,14 +32,15 @@ from nifzoo.evaluate import fd
 from nifzoo.evaluate import fid
 from nifzoo.evaluate import figures
 from nifzoo.evaluate import iw_bound
+from nifzoo.evaluate import knob
 from nifzoo.evaluate import probe
 from nifzoo.evaluate import sweep
 
 # name -> (module with `run`, the index folded into the job's key for it).
 EVALUATORS = {
-    "bpd": (bpd, 1), "iw_bound": (iw_bound, 1), "fd": (fd, 2),
-    "s_sweep": (sweep, 3), "fid": (fid, 4), "figures": (figures, 5),
-    "embeddings": (probe, 6),
+    "bpd": (bpd, bpd.KEY_INDEX), "iw_bound": (iw_bound, bpd.KEY_INDEX), "fd": (fd, 2),
+    "s_sweep": (sweep, 3), "knob": (knob, 7), "fid": (fid, 4),
+    "figures": (figures, 5), "embeddings": (probe, 6),
 }
 
 

@@ -28,13 +28,16 @@ def registry_metric(value, *, command: str, digits: int = 4, **protocol) -> dict
 
 def bits_per_dim_metric(result: dict | None, command: str) -> dict:
   """``{name: metric}`` of a ``bpd.bits_per_dim`` result (empty for None):
-  ``<split>_bits_per_dim``, with ``_s<s>`` appended away from s = 1."""
+  ``<split>_bits_per_dim``, with ``_s<s>`` appended away from s = 1; ``se``:
+  the standard error of the mean (images the units, ``stats.mean_se``)."""
   if not result:
     return {}
   name = f"{result['split']}_bits_per_dim"
   if result["noise_scale"] != 1.0:
     name += f"_s{result['noise_scale']:g}"
+  se = result.get("se_bits_per_dim")
   return {name: registry_metric(
       result["bits_per_dim"], command=command, digits=5,
+      se=None if se is None else round(float(se), 5),
       **{k: result.get(k) for k in ("split", "num_images", "num_draws",
                                     "noise_scale", "num_samples")})}

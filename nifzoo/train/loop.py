@@ -188,8 +188,7 @@ def _train(config, workdir: str, lease: lease_lib.Lease) -> dict:
     try:
       result = evaluate_lib.bits_per_dim(
           nnx.merge(graphdef, state.params, state.rest), config.data, "test",
-          batch_size=config.batch_size, key=jax.random.key(config.seed + 3),
-          num_draws=config.eval_num_draws, mesh=mesh,
+          batch_size=config.batch_size, num_draws=config.eval_num_draws, mesh=mesh,
           max_images=None if final else config.eval_batches * config.batch_size)
     except FloatingPointError as e:  # Finite parameters that give NaN.
       logging.warning("Evaluating the state of step %s: %s", step, e)
@@ -197,7 +196,8 @@ def _train(config, workdir: str, lease: lease_lib.Lease) -> dict:
     if step is not None:
       writer.write_scalars(step, {"test_bits_per_dim": result["bits_per_dim"]})
     if final:
-      final_eval.update(result)
+      final_eval.update({k: v for k, v in result.items()
+                         if k not in ("values", "indices")})  # Per-image arrays.
     return result["bits_per_dim"]
 
   def save(step, test_bpd):
