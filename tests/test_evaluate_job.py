@@ -64,7 +64,9 @@ def test_config_names_evaluations_and_settings_it_knows():
   assert tuple(job.EVALUATORS) == config_lib.EVALS  # One evaluator per name.
   c = config_lib.get_config()
   assert list(c.evals) == sorted(config_lib.DEFAULT_EVALS.split(","))
-  assert c.evals.s_sweep.scales[0] == 0.0 and len(c.evals.s_sweep.scales) == 15
+  assert c.evals.knob.test_draws == 20 and c.evals.knob.grid[0] == 0.5
+  assert config_lib.get_config("s_sweep").evals.s_sweep.scales[0] == 0.0
+  assert len(config_lib.get_config("s_sweep").evals.s_sweep.scales) == 15
   with pytest.raises(ValueError, match=r"Unknown evals \['bogus'\]"):
     config_lib.get_config("bpd,bogus")
   with pytest.raises(ValueError, match=r"Unknown settings \['draws'\] of the 'bpd'"):
@@ -176,23 +178,23 @@ def test_training_registry_and_job_give_one_bits_per_dim(tiny_run, tmp_path):
   assert metric["se"] == pytest.approx(job["se_bits_per_dim"], abs=1e-5)
 
 
-def test_fid_scores_s1_and_the_sweeps_s_star(tiny_model, tmp_path, monkeypatch):
-  """fid after s_sweep (a stub giving s* = 0.5): FIDs at s = 1 and s*, the
+def test_fid_scores_s1_and_the_knobs_s_star(tiny_model, tmp_path, monkeypatch):
+  """fid after knob (a stub giving s* = 0.5): FIDs at s = 1 and s*, the
   metric at s*. The weights file is read by inception.load_inception, and
   the features are 8 pixels (Inception itself: test_evaluate_inception.py)."""
-  class Sweep:
+  class Knob:
     @staticmethod
     def run(model, settings, context):
       del model, settings, context
-      return {"results": {"s_star": 0.5}, "metrics": {}}
+      return {"results": {"knob": "noise_scale", "knob_star": 0.5}, "metrics": {}}
 
-  monkeypatch.setitem(job.EVALUATORS, "s_sweep", (Sweep, 3))
+  monkeypatch.setitem(job.EVALUATORS, "knob", (Knob, 7))
   loaded = []
   monkeypatch.setattr(inception, "load_inception", loaded.append)
   monkeypatch.setattr(inception, "feature_fn",
                       lambda net, mesh: lambda y: y.reshape(len(y), -1)[:, :8])
   out = evaluate.run(tiny_model, {
-      "evals": {"s_sweep": {}, "fid": {"weights": "w.npz", "num_samples": 16}},
+      "evals": {"knob": {}, "fid": {"weights": "w.npz", "num_samples": 16}},
       "outdir": str(tmp_path), "batch_size": 16, "progress": False,
       "command": "c"})
   r = out["results"]["fid"]
@@ -230,8 +232,10 @@ def tiny_entry(tiny_run, tmp_path_factory):
 def test_evaluation_job_end_to_end(tiny_entry):
   reg, root = tiny_entry
   outdir = os.path.join(root, "out")
-  config = config_lib.get_config("bpd,fd,s_sweep,figures,embeddings")
+  config = config_lib.get_config("bpd,fd,s_sweep,knob,figures,embeddings")
   config.evals.s_sweep.scales = (0.0, 1.0)
+  k = config.evals.knob
+  k.tune_draws, k.test_draws, k.grid, k.lower, k.upper = 2, 3, (0.9, 1.0, 1.1), 0.8, 1.2
   config.outdir, config.registry, config.write_metrics = outdir, (reg,), reg
   config.batch_size, config.progress = 64, False
   config.classifier_dir = os.path.join(ROOT, "registry", "checkpoints",
@@ -256,7 +260,12 @@ def test_evaluation_job_end_to_end(tiny_entry):
             "test_probe_accuracy"):
     assert m in entry.metrics, m
     assert entry.metrics[m]["command"].startswith("python launch/evaluate.py")
-  assert entry.metrics["test_fd_classifier"]["s_star"] in (0.0, 1.0)
+  fd = entry.metrics["test_fd_classifier"]
+  assert fd["s_star"] == r["knob"]["knob_star"] and 0.8 <= fd["s_star"] <= 1.2
+  assert fd["num_draws"] == 3 and fd["value"] == round(r["knob"]["tuned"]["mean"], 4)
+  # One FD metric per model: the knob's, not the single draws of fd or s_sweep.
+  assert saved["metrics"]["test_fd_classifier_s1"]["command"] == fd["command"]
+  assert "se" in saved["metrics"]["test_fd_classifier_s1"]
   assert 0.0 <= entry.metrics["test_probe_accuracy"]["value"] <= 1.0
 
 

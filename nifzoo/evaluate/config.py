@@ -1,8 +1,8 @@
 r"""The evaluation job's config: which evaluations run, with which settings.
 
   python launch/evaluate.py --model=digits-nif16 --outdir=runs/eval/digits-nif16 \
-      --config=nifzoo/evaluate/config.py:bpd,s_sweep \
-      --config.evals.s_sweep.num_samples=2000 --config.batch_size=128
+      --config=nifzoo/evaluate/config.py:bpd,knob \
+      --config.evals.knob.num_samples=2000 --config.batch_size=128
 
 ``get_config(arg)``: ``arg`` names the evaluations, comma-separated (default
 :data:`DEFAULT_EVALS`); each gets its settings at their defaults
@@ -23,10 +23,10 @@ from ml_collections import config_dict
 from nifzoo.evaluate import knob
 from nifzoo.evaluate import sweep
 
-# The evaluations in the order a job runs them (fid uses s_sweep's s*).
+# The evaluations in the order a job runs them (fid uses knob's s*).
 EVALS = ("bpd", "iw_bound", "fd", "s_sweep", "knob", "fid", "figures",
          "embeddings")
-DEFAULT_EVALS = "bpd,s_sweep,figures,embeddings"
+DEFAULT_EVALS = "bpd,knob,figures,embeddings"
 
 # Settings of each evaluation, at their defaults. None: a placeholder of the
 # given type (a value to be set, or the evaluator's own choice).

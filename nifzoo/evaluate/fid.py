@@ -2,8 +2,8 @@
 
 FD (``fd.frechet_distance``) on ``inception.feature_fn`` features of
 ``config.num_samples`` continuous samples against the test split, at s = 1
-and, for a NIF when the job's ``s_sweep`` ran first, at its s*; the registry
-metric is the last of these. The weights come from the user
+and, for a NIF when the job's ``knob`` (else ``s_sweep``) ran first, at its
+tuned s*; the registry metric is the last of these. The weights come from the user
 (``config.weights``, see ``nifzoo/evaluate/inception.py``).
 """
 
@@ -19,8 +19,11 @@ def run(model, config, context) -> dict:
   features = inception.feature_fn(inception.load_inception(config.weights),
                                   context.mesh)
   scales = [1.0]
-  if "s_sweep" in context.results and model.prior.has_manifold:
-    scales.append(context.results["s_sweep"]["s_star"])
+  if model.prior.has_manifold:
+    if "knob" in context.results:
+      scales.append(context.results["knob"]["knob_star"])
+    elif "s_sweep" in context.results:
+      scales.append(context.results["s_sweep"]["s_star"])
   out = {}
   for s in dict.fromkeys(scales):
     out[str(s)] = fd_lib.frechet_distance(

@@ -21,7 +21,6 @@ from nifzoo import fileio
 from nifzoo.evaluate import bpd as bpd_lib
 from nifzoo.evaluate import fd as fd_lib
 from nifzoo.evaluate import frechet
-from nifzoo.evaluate import metrics
 
 DEFAULT_SCALES = tuple(float(s) for s in np.linspace(0.0, 1.2, 15))
 
@@ -149,7 +148,10 @@ def plot_sweep(results: dict, path: str, title: str = "") -> str:
 def run(model, config, context) -> dict:
   """The ``s_sweep`` evaluation: :func:`noise_scale_sweep` over
   ``config.scales`` on the dataset classifier's features (``config``:
-  ``num_samples``, ``tune_size``, ``bpd_draws``), and ``sweep.png``."""
+  ``num_samples``, ``tune_size``, ``bpd_draws``), and ``sweep.png``: the
+  curves, one sample draw per s. It writes no registry metric: a model's FD
+  metrics are the ``knob`` evaluation's (every model's knob tuned alike, mean
+  ± SE over sample draws), one number per model."""
   r = noise_scale_sweep(
       model, context.classifier_features(), model.config.data,
       scales=config.scales, num_samples=config.num_samples,
@@ -158,14 +160,6 @@ def run(model, config, context) -> dict:
       mesh=context.mesh, seed=context.seed, progress=context.progress)
   path = plot_sweep({context.name: r}, fileio.join(context.outdir, "sweep.png"),
                     title=context.name)
-  common = dict(command=context.command, num_samples=r["num_samples"],
-                num_reference=r["num_eval_images"], tune_split=r["tune_split"],
-                tune_size=r["tune_size"], features="classifier")
-  out = {metrics.FD.format(features="classifier"): metrics.registry_metric(
-      r["fd_eval_at_s_star"], s_star=r["s_star"], **common)}
-  if r["fd_eval_at_s1"] is not None:
-    out[metrics.FD_S1.format(features="classifier")] = metrics.registry_metric(
-        r["fd_eval_at_s1"], noise_scale=1.0, **common)
-  return {"results": r, "metrics": out, "files": [path],
+  return {"results": r, "metrics": {}, "files": [path],
           "summary": f"s* = {r['s_star']:.3f} (on train), test FD "
                      f"{r['fd_eval_at_s_star']:.3f}"}
