@@ -24,7 +24,8 @@ def iw_bound_curve(model, data_config, split: str = "test", *,
 
   ``kwargs`` as in ``bpd.bits_per_dim``. Returns ``{"num_samples": [N...],
   "bits_per_dim": [...], "decrease": [bpd(N_i) - bpd(N_{i+1})...],
-  "std_bits_per_dim", "num_images", "num_draws", "noise_scale", "split"}``.
+  "std_bits_per_dim", "se_bits_per_dim" (each per N), "num_images",
+  "num_draws", "noise_scale", "split"}``.
   """
   if model.prior.exact_density:
     raise ValueError(f"iw_bound_curve needs a deep NIF (its likelihood is a "
@@ -39,6 +40,7 @@ def iw_bound_curve(model, data_config, split: str = "test", *,
   return {"num_samples": ns, "bits_per_dim": bpd,
           "decrease": [a - b for a, b in zip(bpd, bpd[1:])],
           "std_bits_per_dim": [r["std_bits_per_dim"] for r in runs],
+          "se_bits_per_dim": [r["se_bits_per_dim"] for r in runs],
           **{k: runs[0][k] for k in ("num_images", "num_draws", "noise_scale",
                                      "split")}}
 
@@ -72,7 +74,7 @@ def run(model, config, context) -> dict:
   bpd = curve["bits_per_dim"]
   metric = metrics.registry_metric(
       bpd[-1], command=context.command, digits=5,
-      num_samples=curve["num_samples"],
+      se=round(curve["se_bits_per_dim"][-1], 5), num_samples=curve["num_samples"],
       bits_per_dim_by_n=[round(b, 5) for b in bpd],
       decrease_by_n=[round(d, 5) for d in curve["decrease"]],
       closed_form=closed_form,
