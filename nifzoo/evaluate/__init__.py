@@ -6,9 +6,12 @@ module with one entry point ``run(model, settings, context)``:
 
 ``bpd``: bits/dim on a whole split, every image once (padded, masked batches).
 ``iw_bound``: the deep NIF's importance-weighted bound against N.
-``fd``: FD of a model's samples to a split, on a feature network.
-``sweep`` (``s_sweep``): FD(s) and bits/dim(s); s chosen on train, reported on test.
-``fid``: Inception-v3 FID at s = 1 and s*.
+``knob``: each model's knob (T for an NF, s for a NIF) tuned alike on train, test
+FD at the default and the tuned knob, mean ± SE over sample draws; the one
+evaluation that writes the registry's FD metrics.
+``fd``: FD of one draw of a model's samples to a split, on a feature network.
+``sweep`` (``s_sweep``): the curves FD(s) and bits/dim(s), one draw each.
+``fid``: Inception-v3 FID at s = 1 and the knob's s*.
 ``figures``: temperature grids, s strips, samples, reconstructions,
 interpolations, embedding maps. ``probe`` (``embeddings``): embeddings and a
 linear probe.
@@ -17,6 +20,7 @@ Beside them: ``frechet`` (the Fréchet distance between Gaussians fitted to
 feature sets), ``classifier`` (the small classifier whose features give an
 offline FD), ``inception`` (Inception-v3 pool3 features, user weights),
 ``metrics`` (the one builder of registry metrics, and their names),
+``stats`` (means ± SE, paired differences and the verdicts of their tests),
 ``tables`` (the paper's Tables 1 and 2 from measured metrics), ``programs``
 (a module's computation compiled over the mesh), ``progress`` (the progress
 line), ``claims`` (the digits results page's verdicts).
