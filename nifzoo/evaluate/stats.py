@@ -59,7 +59,7 @@ def paired_difference(a, b) -> dict:
     raise ValueError(f"paired values need equal shapes; got {np.shape(a)} "
                      f"and {np.shape(b)}.")
   d = _per_unit(a, "a") - _per_unit(b, "b")
-  diff, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
+  diff, se = mean_se(d)
   return {"diff": diff, "se": se, "df": d.size - 1, "n": int(d.size)}
 
 
