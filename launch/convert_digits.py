@@ -65,7 +65,7 @@ def _cmp(c, digits=4):
 def main(argv):
   del argv
   from nifzoo import cards, evaluate, registry, zoo  # pylint: disable=g-import-not-at-top
-  from nifzoo.evaluate import claims, stats  # pylint: disable=g-import-not-at-top
+  from nifzoo.evaluate import claims, knob, stats  # pylint: disable=g-import-not-at-top
   os.chdir(_ROOT)
   t0 = time.time()
   command = " ".join(["python", "launch/convert_digits.py"] + sys.argv[1:])
@@ -138,7 +138,7 @@ def main(argv):
             lambda c: c["minus_scratch"]["diff"] <= 0),
         "steps_to_not_worse_than_scratch": steps_to(
             lambda c: c["minus_scratch"]["verdict"] != "worse"),
-        "fd": {n: {"knob_star": r["knob"]["knob_star"],
+        "fd": {n: {"knobs_star": r["knob"]["knobs_star"],
                    "tuned": {x: r["knob"]["tuned"][x] for x in ("mean", "se")},
                    "default": {x: r["knob"]["default"][x] for x in ("mean", "se")}}
                for n, r in (("nf", s_nf), ("converted", s_conv),
@@ -170,8 +170,9 @@ def main(argv):
       f"{stats.TEST} (\"better\"/\"worse\" for the first named, or "
       "\"inconclusive\"). FD on the digits classifier's features: "
       f"{k0['num_samples']} samples per draw against the 300 test images, mean ± SE "
-      f"over {k0['test_draws']} draws, each model at its own knob tuned on "
-      f"{k0['tune_size']} train images (T for the NF, s for the NIFs).",
+      f"over {k0['test_draws']} draws, each model at its own knobs tuned on "
+      f"{k0['tune_size']} train images (T for the NF; s, then T at s*, for the "
+      "NIFs).",
       "",
       "Test bits/dim (s = 1), mean ± SE:",
       "",
@@ -198,14 +199,13 @@ def main(argv):
         f"  steps to reach scratch: mean at or below "
         f"{r['steps_to_mean_below_scratch'] if r['steps_to_mean_below_scratch'] is not None else na}; "
         f"not worse {r['steps_to_not_worse_than_scratch'] if r['steps_to_not_worse_than_scratch'] is not None else na}.")
-  lines += ["", "Fréchet distance at each model's tuned knob, mean ± SE (the knob "
+  lines += ["", "Fréchet distance at each model's tuned knobs, mean ± SE (the knobs "
             "in brackets), and each NIF − NF with its verdict (Welch):", "",
             "| k | NF | converted | fine-tuned | from scratch | converted − NF | "
             "fine-tuned − NF | scratch − NF |", "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     cells = [f"{_pm(v['tuned']['mean'], v['tuned']['se'], 2)} "
-             f"({'T' if n == 'nf' else 's'} = {v['knob_star']:g})"
-             for n, v in r["fd"].items()]
+             f"({knob.knob_label(v['knobs_star'])})" for v in r["fd"].values()]
     lines.append(f"| {r['k']} | " + " | ".join(cells) + " | "
                  + " | ".join(_cmp(c, 2) for c in r["fd_vs_nf"].values()) + " |")
   with open(_OUT.value + ".md", "w") as f:

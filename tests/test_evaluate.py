@@ -272,6 +272,7 @@ def test_tables_from_metrics(tmp_path):
       "digits-nf": {"metrics": {
           "test_bits_per_dim": {"value": 2.1, "command": "c"},
           "test_fd_classifier": {"value": 5.0, "s_star": 1.0, "command": "c",
+                                 "temperature_star": 1.2, "se": 0.25,
                                  "num_samples": 100, "num_reference": 300}},
           "paper": None},
       "fmnist-nif64": {"metrics": {}, "paper": {"fid": 23.97, "bits_per_dim": 1.506}},
@@ -281,6 +282,7 @@ def test_tables_from_metrics(tmp_path):
   assert rows[1]["paper_fid"] == 23.97 and rows[1]["fd"] is None
   md, js = tables.write(rows, str(tmp_path))
   text = open(md).read()
-  assert "| `digits-nf` | 5.00 | 1.00 |" in text and "| 23.97 |" in text
+  assert "| `digits-nf` | 5.00 ± 0.25 | s = 1, T = 1.2 |" in text
+  assert "| `fmnist-nif64` | — | — |" in text and "| 23.97 |" in text
   assert "| `digits-nf` | 2.1000 |" in text
   assert json.load(open(js))[1]["paper_bits_per_dim"] == 1.506

@@ -179,14 +179,15 @@ def test_training_registry_and_job_give_one_bits_per_dim(tiny_run, tmp_path):
 
 
 def test_fid_scores_s1_and_the_knobs_s_star(tiny_model, tmp_path, monkeypatch):
-  """fid after knob (a stub giving s* = 0.5): FIDs at s = 1 and s*, the
-  metric at s*. The weights file is read by inception.load_inception, and
+  """fid after knob (a stub giving s* = 0.5, T* = 0.8): FIDs at s = T = 1 and
+  at (s*, T*), the metric at (s*, T*). The weights file is read by inception.load_inception, and
   the features are 8 pixels (Inception itself: test_evaluate_inception.py)."""
   class Knob:
     @staticmethod
     def run(model, settings, context):
       del model, settings, context
-      return {"results": {"knob": "noise_scale", "knob_star": 0.5}, "metrics": {}}
+      return {"results": {"knob": "noise_scale", "knob_star": 0.5, "knobs_star": {
+          "noise_scale": 0.5, "temperature": 0.8}}, "metrics": {}}
 
   monkeypatch.setitem(job.EVALUATORS, "knob", (Knob, 7))
   loaded = []
@@ -198,12 +199,14 @@ def test_fid_scores_s1_and_the_knobs_s_star(tiny_model, tmp_path, monkeypatch):
       "outdir": str(tmp_path), "batch_size": 16, "progress": False,
       "command": "c"})
   r = out["results"]["fid"]
-  assert loaded == ["w.npz"] and sorted(r) == ["0.5", "1.0"]
-  assert r["0.5"]["features"] == "inception" and r["0.5"]["num_samples"] == 16
-  assert r["0.5"]["fd"] != r["1.0"]["fd"]
+  star, one = "s=0.5,T=0.8", "s=1,T=1"
+  assert loaded == ["w.npz"] and sorted(r) == [star, one]
+  assert r[star]["features"] == "inception" and r[star]["num_samples"] == 16
+  assert r[star]["temperature"] == 0.8 and r[one]["temperature"] == 1.0
+  assert r[star]["fd"] != r[one]["fd"]
   assert out["metrics"] == {"test_fid_inception": {
-      "value": round(r["0.5"]["fd"], 4), "command": "c", "noise_scale": 0.5,
-      "num_samples": 16, "num_reference": 300}}
+      "value": round(r[star]["fd"], 4), "command": "c", "noise_scale": 0.5,
+      "temperature": 0.8, "num_samples": 16, "num_reference": 300}}
 
 
 def test_launcher_names_an_unknown_evaluation():
@@ -262,6 +265,10 @@ def test_evaluation_job_end_to_end(tiny_entry):
     assert entry.metrics[m]["command"].startswith("python launch/evaluate.py")
   fd = entry.metrics["test_fd_classifier"]
   assert fd["s_star"] == r["knob"]["knob_star"] and 0.8 <= fd["s_star"] <= 1.2
+  assert fd["temperature_star"] == r["knob"]["knobs_star"]["temperature"]
+  assert r["knob"]["tune_temperature"]["best"] == fd["temperature_star"]
+  # s* at T = 1 is scored with the draws of every other setting (common keys).
+  assert len(r["knob"]["tuned_s"]["fds"]) == 3
   assert fd["num_draws"] == 3 and fd["value"] == round(r["knob"]["tuned"]["mean"], 4)
   # One FD metric per model: the knob's, not the single draws of fd or s_sweep.
   assert saved["metrics"]["test_fd_classifier_s1"]["command"] == fd["command"]

@@ -6,12 +6,13 @@ module with one entry point ``run(model, settings, context)``:
 
 ``bpd``: bits/dim on a whole split, every image once (padded, masked batches).
 ``iw_bound``: the deep NIF's importance-weighted bound against N.
-``knob``: each model's knob (T for an NF, s for a NIF) tuned alike on train, test
-FD at the default and the tuned knob, mean ± SE over sample draws; the one
+``knob``: each model's knobs (T for an NF; s, then T at s*, for a NIF) tuned
+alike on train, test FD at the default and the tuned knobs, mean ± SE over
+sample draws; the one
 evaluation that writes the registry's FD metrics.
 ``fd``: FD of one draw of a model's samples to a split, on a feature network.
 ``sweep`` (``s_sweep``): the curves FD(s) and bits/dim(s), one draw each.
-``fid``: Inception-v3 FID at s = 1 and the knob's s*.
+``fid``: Inception-v3 FID at s = T = 1 and at the knob's (s*, T*).
 ``figures``: temperature grids, s strips, samples, reconstructions,
 interpolations, embedding maps. ``probe`` (``embeddings``): embeddings and a
 linear probe.

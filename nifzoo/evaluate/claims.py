@@ -2,8 +2,8 @@
 
 1. NIF-k matches the NF in bits/dim at s = 1: the paired difference on the
    same test images and dequantisation draws, ± its SE.
-2. NIF samples at the tuned knob have a better Fréchet distance than the
-   NF's at *its* tuned knob (T): the difference of the means over the test
+2. NIF samples at the tuned knobs (s, then T) have a better Fréchet distance
+   than the NF's at *its* tuned knob (T): the difference of the means over the test
    sample draws, ± its SE (Welch); also at the default knob (s = T = 1).
 3. The NIF embedding is more useful than the NF latent: the difference of
    the linear probes' test accuracies, ± the SE of two binomial proportions
@@ -86,7 +86,8 @@ def markdown(verdict: dict, *, dataset: str, nf: str) -> str:
       "images and draws; \"inconclusive\" is a match within the noise):"]
   lines += [f"   - `{n}`: {_d(c)}" for n, c in verdict["bpd"].items()]
   lines.append("2. *NIF samples at the tuned s have a better Fréchet distance than "
-               "the NF's* (the NF at its own tuned T; in brackets both at s = T = 1):")
+               "the NF's* (each NIF at its tuned s and T, the NF at its own tuned "
+               "T; in brackets both at s = T = 1):")
   lines += [f"   - `{n}`: {_d(c, 2)} (default knobs: "
             f"{_d(verdict['fd_default'][n], 2)})" for n, c in verdict["fd"].items()]
   lines.append("3. *The NIF embedding is more useful than the NF latent* "
@@ -97,7 +98,7 @@ def markdown(verdict: dict, *, dataset: str, nf: str) -> str:
   if deep:
     lines += ["", "The deep NIFs against NIF-k of the same k (bits/dim: the deep "
               "NIF's importance-weighted **bound**, an upper bound on its true "
-              "bits/dim, minus NIF-k's exact value; FD at each model's tuned s):", ""]
+              "bits/dim, minus NIF-k's exact value; FD at each model's tuned knobs):", ""]
     for n, v in deep.items():
       lines.append(f"   - `{n}` − `{v['nif']}`: bits/dim (bound, N = "
                    f"{v['num_samples']}) {_d(v['bpd'])}; FD {_d(v['fd'], 2)}")

@@ -42,9 +42,10 @@ SETTINGS = {
     # many as the test split has).
     "s_sweep": {"scales": sweep.DEFAULT_SCALES, "num_samples": 1000,
                 "tune_size": int, "bpd_draws": 4},
-    # FD at the default and the tuned knob (T for the NF, s for a NIF), mean
-    # ± SE over test_draws sample draws; the knob tuned on tune_size train
-    # images over grid, extended by step within [lower, upper] (knob.py).
+    # FD at the default and the tuned knobs (T for the NF; s, then T, for a
+    # NIF), mean ± SE over test_draws sample draws; the knobs tuned on
+    # tune_size train images over grid, extended by step within [lower, upper]
+    # (knob.py).
     "knob": {"num_samples": 1000, "tune_draws": 10, "test_draws": 20,
              "tune_size": int, "grid": knob.DEFAULT_GRID, "step": knob.STEP,
              "lower": knob.LOWER, "upper": knob.UPPER},

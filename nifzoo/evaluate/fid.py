@@ -3,7 +3,8 @@
 FD (``fd.frechet_distance``) on ``inception.feature_fn`` features of
 ``config.num_samples`` continuous samples against the test split, at s = 1
 and, for a NIF when the job's ``knob`` (else ``s_sweep``) ran first, at its
-tuned s*; the registry metric is the last of these. The weights come from the user
+tuned knobs (s*, and the knob's T* at s*); the registry metric is the last
+of these. The weights come from the user
 (``config.weights``, see ``nifzoo/evaluate/inception.py``).
 """
 
@@ -18,23 +19,25 @@ def run(model, config, context) -> dict:
   """The ``fid`` evaluation (module docstring)."""
   features = inception.feature_fn(inception.load_inception(config.weights),
                                   context.mesh)
-  scales = [1.0]
+  settings = [(1.0, 1.0)]  # (s, T)
   if model.prior.has_manifold:
     if "knob" in context.results:
-      scales.append(context.results["knob"]["knob_star"])
+      star = context.results["knob"]["knobs_star"]
+      settings.append((star["noise_scale"], star.get("temperature", 1.0)))
     elif "s_sweep" in context.results:
-      scales.append(context.results["s_sweep"]["s_star"])
+      settings.append((context.results["s_sweep"]["s_star"], 1.0))
   out = {}
-  for s in dict.fromkeys(scales):
-    out[str(s)] = fd_lib.frechet_distance(
+  for s, t in dict.fromkeys(settings):
+    out[f"s={s:g},T={t:g}"] = fd_lib.frechet_distance(
         model, features, model.config.data, "test",
         num_samples=config.num_samples, key=context.key, noise_scale=s,
-        batch_size=context.batch_size, mesh=context.mesh, features="inception",
-        progress=context.progress)
-  best = out[str(scales[-1])]
+        temperature=t, batch_size=context.batch_size, mesh=context.mesh,
+        features="inception", progress=context.progress)
+  best = out[f"s={settings[-1][0]:g},T={settings[-1][1]:g}"]
   metric = metrics.registry_metric(
       best["fd"], command=context.command,
-      **{k: best[k] for k in ("noise_scale", "num_samples", "num_reference")})
+      **{k: best[k] for k in ("noise_scale", "temperature", "num_samples",
+                              "num_reference")})
   return {"results": out, "metrics": {metrics.FID: metric},
           "summary": f"FID (Inception) {best['fd']:.3f} at "
-                     f"s={best['noise_scale']:g}"}
+                     f"s={best['noise_scale']:g}, T={best['temperature']:g}"}

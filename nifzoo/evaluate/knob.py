@@ -1,9 +1,10 @@
 """One test-time knob per model, tuned the same way, and FD over sample draws.
 
 The knob is the temperature T of the base latent for a flow without a
-manifold (the NF), the noise scale s for a NIF (at T = 1); both default to 1,
-the trained model. The protocol, the same for every model (as stated in
-docs/results-digits.md):
+manifold (the NF), the noise scale s for a NIF, and for a NIF then also its
+temperature T at the tuned s ("T where it helps": it stays 1 unless another
+value scores better); all default to 1, the trained model. The protocol, the
+same for every model (as stated in docs/results-digits.md):
 
 1. *Tune* on a fixed random subsample of ``tune_size`` train images
    (``sweep.tune_indices``): at each knob value of the grid, ``tune_draws``
@@ -12,11 +13,12 @@ docs/results-digits.md):
    value of least mean FD. While it sits at the grid's top (bottom) edge the
    grid is extended by ``step`` up to ``upper`` (down to ``lower``), so the
    optimum is interior or the stated limit is reached (``tuning`` says which).
+   For a NIF: first s at T = 1, then T at s = s* (same grid rule, same keys).
 2. *Report* on the test split: ``test_draws`` independent sets of
-   ``num_samples`` samples (draw r: ``fold_in(key, r)``, the same draws at both
-   knob values), FD of each to the fixed test reference (every test image,
-   dequantised with a fixed key), at the default knob and at the tuned one:
-   mean ± SE over the draws (``stats.mean_se``).
+   ``num_samples`` samples (draw r: ``fold_in(key, r)``, the same draws at
+   every setting), FD of each to the fixed test reference (every test image,
+   dequantised with a fixed key), at the default knobs, at the tuned ones and,
+   for a NIF, at s* with T = 1: mean ± SE over the draws (``stats.mean_se``).
 
 The test images never choose the knob. ``run`` is the ``knob`` evaluation of
 a job (``nifzoo.evaluate.job``).
@@ -76,13 +78,38 @@ def tune_grid(fd_at, grid=DEFAULT_GRID, *, step: float = STEP,
           "best": best, "tuning": status}
 
 
+def tune_knobs(fd_at, knob: str, grid=DEFAULT_GRID, **limits) -> dict:
+  """The protocol's tuning (module docstring, step 1) on ``fd_at(knobs)``, an
+  array of FDs over draws at the settings ``knobs`` ({"noise_scale": s,
+  "temperature": T}, missing ones 1). ``knob``: "temperature" (one stage) or
+  "noise_scale" (s at T = 1, then T at s*).
+
+  Returns ``{"knobs": the tuned settings, "tune": the first stage's
+  :func:`tune_grid`, "tune_temperature": the second's (a NIF) or None}``.
+  """
+  tune = tune_grid(lambda v: fd_at({knob: v}), grid, **limits)
+  knobs, tune_t = {knob: tune["best"]}, None
+  if knob == "noise_scale":
+    tune_t = tune_grid(lambda v: fd_at({knob: tune["best"], "temperature": v}),
+                       grid, **limits)
+    knobs["temperature"] = tune_t["best"]
+  return {"knobs": knobs, "tune": tune, "tune_temperature": tune_t}
+
+
+def knob_label(knobs: dict) -> str:
+  """"s = 0.9, T = 1.1" / "T = 1.3" for settings {"noise_scale", "temperature"}."""
+  sym = {"noise_scale": "s", "temperature": "T"}
+  return ", ".join(f"{sym[k]} = {v:g}" for k, v in knobs.items())
+
+
 def fd_draws(sampler, feature_fn, reference_stats, num_samples: int, *, key,
-             draws: int, knob: str, value: float, batch_size: int = 256) -> np.ndarray:
+             draws: int, knobs: dict, batch_size: int = 256) -> np.ndarray:
   """FDs (draws,) of ``draws`` independent sample sets (draw r: ``fold_in(key,
-  r)``) at ``knob`` = ``value`` to ``reference_stats``."""
+  r)``) at the settings ``knobs`` (``noise_scale``, ``temperature``; missing
+  ones 1) to ``reference_stats``."""
   return np.array([fd_lib.frechet_to_reference(
       sampler, feature_fn, reference_stats, num_samples,
-      key=jax.random.fold_in(key, r), batch_size=batch_size, **{knob: value})
+      key=jax.random.fold_in(key, r), batch_size=batch_size, **knobs)
                    for r in range(draws)])
 
 
@@ -106,35 +133,53 @@ def real_fd_draws(feature_fn, data_config, reference_stats, size: int, *,
           batch_size=batch_size)), *reference_stats) for r in range(draws)])
 
 
-def plot_tuning(results: dict, path: str, title: str = "") -> str:
-  """One PNG: each model's tuning curve (mean FD to the train subsample ± SE
-  over the draws, a band) against its knob, and its test FD (mean ± SE) at
-  the default and the tuned knob. ``results``: {label: tuned_fd result}."""
+def plot_tuning(results: dict, path: str, title: str = "",
+                floor: tuple[float, float] | None = None) -> str:
+  """One PNG: the tuning curves (mean FD to the train subsample ± SE over the
+  draws, a band) of s (the NIFs, at T = 1) and of T (the NF; each NIF at its
+  s*), ★ the tuned values; and each model's test FD (mean ± SE) at the
+  default and the tuned knobs, with the real-data ``floor`` (mean, SD) as a
+  band. ``results``: {label: :func:`tuned_fd` result}."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   from nifzoo import images as images_lib  # pylint: disable=g-import-not-at-top
-  fig, (ax_t, ax_e) = plt.subplots(1, 2, figsize=(11, 4))
-  for i, (label, r) in enumerate(results.items()):
-    c, t = f"C{i % 10}", r["tune"]
+  fig, (ax_s, ax_t, ax_e) = plt.subplots(1, 3, figsize=(15, 4.2))
+
+  def curve(ax, t, c, label, ls):
     g, m = np.asarray(t["grid"]), np.asarray(t["fd_mean"])
     se = np.asarray([0.0 if v is None else v for v in t["fd_se"]])
-    sym = "s" if r["knob"] == "noise_scale" else "T"
-    ax_t.plot(g, m, "-", color=c, label=f"{label} ({sym})",
-              ls="-" if sym == "s" else "--")
-    ax_t.fill_between(g, m - se, m + se, color=c, alpha=0.2)
-    ax_t.plot([r["knob_star"]], [m[list(g).index(r["knob_star"])]], "*", color=c, ms=10)
+    ax.plot(g, m, color=c, label=label, ls=ls)
+    ax.fill_between(g, m - se, m + se, color=c, alpha=0.2)
+    ax.plot([t["best"]], [m[list(g).index(t["best"])]], "*", color=c, ms=10)
+
+  for i, (label, r) in enumerate(results.items()):
+    c = f"C{i % 10}"
+    if r["knob"] == "noise_scale":
+      curve(ax_s, r["tune"], c, label, "-")
+      if r.get("tune_temperature"):
+        curve(ax_t, r["tune_temperature"], c, f"{label} (s = {r['knob_star']:g})", ":")
+    else:
+      curve(ax_t, r["tune"], c, label, "--")
     for j, which in enumerate(("default", "tuned")):
       ax_e.errorbar([i + 0.2 * j], [r[which]["mean"]], yerr=[r[which]["se"]],
                     fmt="o" if j == 0 else "*", color=c, ms=5 if j == 0 else 9)
-  ax_t.set_xlabel("knob: s for a NIF (solid), T for the NF (dashed)")
-  ax_t.set_ylabel("FD to the train subsample (mean ± SE)")
-  ax_t.set_title("Tuning (★ = tuned knob)")
+  if floor is not None:
+    ax_e.axhspan(floor[0] - floor[1], floor[0] + floor[1], color="0.85",
+                 label="real-data floor (mean ± SD)")
+    ax_e.axhline(floor[0], color="0.5", lw=1)
+    ax_e.legend(fontsize=7, loc="upper left")
+  ax_s.set_xlabel("s (NIFs, T = 1)")
+  ax_s.set_ylabel("FD to the train subsample (mean ± SE)")
+  ax_s.set_title("Tuning s (★ = s*)")
+  ax_t.set_xlabel("T (NF dashed; NIFs at their s*, dotted)")
+  ax_t.set_title("Tuning T (★ = T*)")
   ax_e.set_xticks(range(len(results)))
   ax_e.set_xticklabels(list(results), rotation=45, ha="right", fontsize=7)
-  ax_e.set_ylabel("test FD, mean ± SE (o: knob = 1, ★: tuned)")
+  ax_e.set_ylabel("test FD, mean ± SE (o: knobs = 1, ★: tuned)")
   ax_e.set_title("Reported on test")
-  ax_t.legend(fontsize=6)
+  for ax in (ax_s, ax_t):
+    ax.legend(fontsize=6)
   if title:
     fig.suptitle(title)
   fig.tight_layout()
@@ -147,8 +192,10 @@ def tuned_fd(model, feature_fn, data_config, *, key=None, num_samples: int = 100
              step: float = STEP, lower: float = LOWER, upper: float = UPPER,
              batch_size: int = 256, mesh=None, progress: bool = False) -> dict:
   """The protocol of the module docstring on ``model``; a JSON-ready dict:
-  the tuning curve (``tune``), ``knob``, ``knob_star``, and ``default`` /
-  ``tuned``: ``{"value" (the knob), "fds" (test_draws,), "mean", "se"}``."""
+  the tuning curves (``tune``; a NIF's T at s*: ``tune_temperature``, else
+  None), ``knob``, ``knob_star`` (its tuned value), ``knobs_star`` (every
+  tuned setting), and ``default`` / ``tuned`` / (a NIF) ``tuned_s``: ``{"value"
+  (the knob), "knobs", "fds" (test_draws,), "mean", "se"}``."""
   key = jax.random.key(0) if key is None else key
   knob = knob_name(model)
   test_size = len(data_lib.get_source(data_config, "test"))
@@ -160,22 +207,30 @@ def tuned_fd(model, feature_fn, data_config, *, key=None, num_samples: int = 100
       batch_size=batch_size))
   ref_test = test_reference(feature_fn, data_config, key, batch_size)
   sampler = fd_lib.make_sampler(model, mesh)
-  common = dict(knob=knob, batch_size=batch_size)
 
-  def at(value, reference, k, draws):
+  def at(knobs, reference, k, draws):
     if progress:
-      print(f"  FD {knob}={value:g} ({draws} draws)", flush=True)
+      print(f"  FD {knob_label(knobs)} ({draws} draws)", flush=True)
     return fd_draws(sampler, feature_fn, reference, num_samples, key=k,
-                    draws=draws, value=value, **common)
+                    draws=draws, knobs=knobs, batch_size=batch_size)
 
-  tune = tune_grid(lambda v: at(v, ref_tune, k_tune, tune_draws), grid,
-                   step=step, lower=lower, upper=upper)
-  out = {}
-  for label, value in (("default", 1.0), ("tuned", tune["best"])):
-    fds = at(value, ref_test, k_test, test_draws)
-    mean, se = stats.mean_se(fds)
-    out[label] = {"value": value, "fds": fds.tolist(), "mean": mean, "se": se}
-  return {"knob": knob, "knob_star": tune["best"], "tune": tune, **out,
+  tuned = tune_knobs(lambda kn: at(kn, ref_tune, k_tune, tune_draws), knob, grid,
+                     step=step, lower=lower, upper=upper)
+  star = tuned["knobs"]
+  settings = {"default": {knob: 1.0}, "tuned": star}
+  if knob == "noise_scale":  # s* alone: what s does, apart from T.
+    settings["tuned_s"] = {knob: star[knob], "temperature": 1.0}
+  out, scored = {}, {}
+  for label, knobs in settings.items():
+    full = (knobs.get("noise_scale", 1.0), knobs.get("temperature", 1.0))
+    if full not in scored:  # Equal settings, equal keys: the same draws.
+      scored[full] = at(knobs, ref_test, k_test, test_draws)
+    mean, se = stats.mean_se(scored[full])
+    out[label] = {"value": knobs[knob], "knobs": dict(knobs),
+                  "fds": scored[full].tolist(), "mean": mean, "se": se}
+  return {"knob": knob, "knob_star": star[knob], "knobs_star": star,
+          "tune": tuned["tune"], "tune_temperature": tuned["tune_temperature"],
+          **out,
           "num_samples": int(num_samples), "tune_draws": int(tune_draws),
           "test_draws": int(test_draws), "tune_split": "train",
           "tune_size": tune_size, "tune_seed": seed, "num_reference": test_size,
@@ -197,16 +252,18 @@ def run(model, config, context) -> dict:
                 num_reference=r["num_reference"], tune_split=r["tune_split"],
                 tune_size=r["tune_size"], features="classifier",
                 num_draws=r["test_draws"], knob=r["knob"])
-  star = {"s_star" if r["knob"] == "noise_scale" else "temperature_star":
-          r["knob_star"], "tuning": r["tune"]["tuning"]}
+  star = {"temperature_star": r["knobs_star"]["temperature"],
+          "tuning": r["tune"]["tuning"]}
+  if r["knob"] == "noise_scale":
+    star.update(s_star=r["knob_star"],
+                tuning_temperature=r["tune_temperature"]["tuning"])
   out = {
       metrics.FD.format(features="classifier"): metrics.registry_metric(
           r["tuned"]["mean"], se=round(r["tuned"]["se"], 4), **star, **common),
       metrics.FD_S1.format(features="classifier"): metrics.registry_metric(
           r["default"]["mean"], se=round(r["default"]["se"], 4),
           **{r["knob"]: 1.0}, **common)}
-  sym = "s" if r["knob"] == "noise_scale" else "T"
   return {"results": r, "metrics": out,
-          "summary": f"{sym}* = {r['knob_star']:g} ({r['tune']['tuning']}), test FD "
+          "summary": f"{knob_label(r['knobs_star'])} ({r['tune']['tuning']}), test FD "
                      f"{stats.fmt(r['tuned']['mean'], r['tuned']['se'], 2)} "
-                     f"({sym} = 1: {stats.fmt(r['default']['mean'], r['default']['se'], 2)})"}
+                     f"(default: {stats.fmt(r['default']['mean'], r['default']['se'], 2)})"}
