@@ -2,9 +2,9 @@
 
 FD (``fd.frechet_distance``) on ``inception.feature_fn`` features of
 ``config.num_samples`` continuous samples against the test split, at s = 1
-and, for a NIF when the job's ``knob`` (else ``s_sweep``) ran first, at its
-tuned knobs (s*, and the knob's T* at s*); the registry metric is the last
-of these. The weights come from the user
+and, for a NIF when the job's ``knob`` ran first, at its tuned knobs (s*,
+and T* at s*: the one tuning protocol, docs/math.md §9.5); the registry
+metric is the last of these. The weights come from the user
 (``config.weights``, see ``nifzoo/evaluate/inception.py``).
 """
 
@@ -20,12 +20,9 @@ def run(model, config, context) -> dict:
   features = inception.feature_fn(inception.load_inception(config.weights),
                                   context.mesh)
   settings = [(1.0, 1.0)]  # (s, T)
-  if model.prior.has_manifold:
-    if "knob" in context.results:
-      star = context.results["knob"]["knobs_star"]
-      settings.append((star["noise_scale"], star.get("temperature", 1.0)))
-    elif "s_sweep" in context.results:
-      settings.append((context.results["s_sweep"]["s_star"], 1.0))
+  if model.prior.has_manifold and "knob" in context.results:
+    star = context.results["knob"]["knobs_star"]
+    settings.append((star["noise_scale"], star.get("temperature", 1.0)))
   out = {}
   for s, t in dict.fromkeys(settings):
     out[f"s={s:g},T={t:g}"] = fd_lib.frechet_distance(

@@ -4,7 +4,7 @@ The knob is the temperature T of the base latent for a flow without a
 manifold (the NF), the noise scale s for a NIF, and for a NIF then also its
 temperature T at the tuned s ("T where it helps": it stays 1 unless another
 value scores better); all default to 1, the trained model. The protocol, the
-same for every model (as stated in docs/results-digits.md):
+same for every model (docs/math.md §9.5; stated in docs/results-digits.md):
 
 1. *Tune* on a fixed random subsample of ``tune_size`` train images
    (``sweep.tune_indices``): at each knob value of the grid, ``tune_draws``

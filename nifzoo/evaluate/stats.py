@@ -1,4 +1,5 @@
-"""Uncertainty of the evaluation figures, and verdicts from a stated test.
+"""Uncertainty of the evaluation figures, and verdicts from a stated test
+(docs/math.md §9).
 
 bits/dim: ``values`` (n, d) holds each of n test images' bits/dim at each of
 d dequantisation draws. Images are the independent units (draws of one image
