@@ -10,7 +10,7 @@ For k in 4, 8, 16, 32:
      --every steps, and registers the result as `digits-nif{k}-from-nf-ft`;
   3. scores every model of the table by one protocol (the evaluation job's
      ``bpd`` and ``knob``: bits/dim on common images and draws, mean ± SE;
-     FD at the default and the tuned knob, mean ± SE over sample draws),
+     FD at the default and the tuned knobs, mean ± SE over sample draws),
      reusing docs/results-digits.json's FD draws for the NF and the
      from-scratch models, and writes the metrics into the registry entries;
 then writes docs/results-convert-digits.md and docs/results-convert-digits.json:

@@ -263,7 +263,10 @@ def run(model, config, context) -> dict:
       metrics.FD_S1.format(features="classifier"): metrics.registry_metric(
           r["default"]["mean"], se=round(r["default"]["se"], 4),
           **{r["knob"]: 1.0}, **common)}
+  tuning = r["tune"]["tuning"]
+  if r["tune_temperature"]:
+    tuning = f"s {tuning}, T {r['tune_temperature']['tuning']}"
   return {"results": r, "metrics": out,
-          "summary": f"{knob_label(r['knobs_star'])} ({r['tune']['tuning']}), test FD "
+          "summary": f"{knob_label(r['knobs_star'])} ({tuning}), test FD "
                      f"{stats.fmt(r['tuned']['mean'], r['tuned']['se'], 2)} "
                      f"(default: {stats.fmt(r['default']['mean'], r['default']['se'], 2)})"}
