@@ -80,11 +80,14 @@ def main(argv):
     """The job on a registered model; FD draws reused from results-digits."""
     if name not in scored:
       config.outdir = f"{_RUNS.value}/eval/{name}"
-      if name in digits.get("knob", {}):
+      if name in digits.get("knob", {}):  # results_digits.py's models: its
+        # FD draws, and its metrics in their entries (not written again here).
         config.evals = {"bpd": config.evals.bpd}
+        config.write_metrics = None
         out = evaluate.run(name, config)["results"]
         out["knob"] = digits["knob"][name]
         config.evals = evaluate.get_config("bpd,knob").evals
+        config.write_metrics = _REGISTRY.value
       else:
         out = evaluate.run(name, config)["results"]
       scored[name] = out
@@ -139,6 +142,9 @@ def main(argv):
         "steps_to_not_worse_than_scratch": steps_to(
             lambda c: c["minus_scratch"]["verdict"] != "worse"),
         "fd": {n: {"knobs_star": r["knob"]["knobs_star"],
+                   "at_limit": [t["tuning"] for t in (r["knob"]["tune"],
+                                                      r["knob"].get("tune_temperature"))
+                                if t and t["tuning"] != "interior"],
                    "tuned": {x: r["knob"]["tuned"][x] for x in ("mean", "se")},
                    "default": {x: r["knob"]["default"][x] for x in ("mean", "se")}}
                for n, r in (("nf", s_nf), ("converted", s_conv),
@@ -200,12 +206,14 @@ def main(argv):
         f"{r['steps_to_mean_below_scratch'] if r['steps_to_mean_below_scratch'] is not None else na}; "
         f"not worse {r['steps_to_not_worse_than_scratch'] if r['steps_to_not_worse_than_scratch'] is not None else na}.")
   lines += ["", "Fréchet distance at each model's tuned knobs, mean ± SE (the knobs "
-            "in brackets), and each NIF − NF with its verdict (Welch):", "",
+            "in brackets; † a knob stopped at the grid's stated limit, "
+            f"{k0['limits'][1]:g}, not at an interior optimum), and each NIF − NF with its verdict (Welch):", "",
             "| k | NF | converted | fine-tuned | from scratch | converted − NF | "
             "fine-tuned − NF | scratch − NF |", "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     cells = [f"{_pm(v['tuned']['mean'], v['tuned']['se'], 2)} "
-             f"({knob.knob_label(v['knobs_star'])})" for v in r["fd"].values()]
+             f"({knob.knob_label(v['knobs_star'])}{'†' if v['at_limit'] else ''})"
+             for v in r["fd"].values()]
     lines.append(f"| {r['k']} | " + " | ".join(cells) + " | "
                  + " | ".join(_cmp(c, 2) for c in r["fd_vs_nf"].values()) + " |")
   with open(_OUT.value + ".md", "w") as f:
