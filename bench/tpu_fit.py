@@ -17,7 +17,8 @@ For every config and generation:
 HBM per chip is the compiler's buffer assignment (HBM allocations; not
 memory_analysis(), which overstates TPU temporaries). The JSON is rewritten
 after every compile, so an interrupted run keeps what it finished; a re-run
-with --resume skips what the JSON already holds.
+with --resume skips what the JSON already holds (and records the earlier
+runs' commands and times in ``earlier_runs``).
 """
 
 from __future__ import annotations
@@ -139,8 +140,11 @@ def main():
           "one_chip": {g: tpu.ONE_CHIP[g] for g in gens},
           "usable_hbm_gib": {g: tpu.USABLE_HBM_GIB[g] for g in gens},
           "batch_multiple": 8, "rows": [], "complete": False}
-  if args.resume and out.exists():
-    data["rows"] = json.loads(out.read_text())["rows"]
+  if args.resume and out.exists():  # The earlier runs' rows, and their record.
+    before = json.loads(out.read_text())
+    data["rows"] = before["rows"]
+    data["earlier_runs"] = before.get("earlier_runs", []) + [
+        {"command": before["command"], "run_s": before.get("run_s")}]
   t0 = time.perf_counter()
   log = lambda s: print(s, flush=True)
 
