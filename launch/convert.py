@@ -14,6 +14,11 @@ See nifzoo/convert.py and docs/math.md §7.
 import json
 import sys
 
+from nifzoo import runtime
+
+# Before jax loads: nifzoo's CPU defaults, as launch/train.py (nifzoo/runtime.py).
+runtime.reexec_with_defaults()
+
 from absl import app
 from absl import flags
 

@@ -29,6 +29,11 @@ import subprocess
 import sys
 import time
 
+from nifzoo import runtime
+
+# Before jax loads: nifzoo's CPU defaults, as launch/train.py (nifzoo/runtime.py).
+runtime.reexec_with_defaults()
+
 from absl import app
 from absl import flags
 

@@ -42,6 +42,11 @@ import json
 import os
 import sys
 
+from nifzoo import runtime
+
+# Before jax loads: nifzoo's CPU defaults, as launch/train.py (nifzoo/runtime.py).
+runtime.reexec_with_defaults()
+
 from absl import app
 from absl import flags
 from absl import logging

@@ -24,6 +24,11 @@ import os
 import sys
 import time
 
+from nifzoo import runtime
+
+# Before jax loads: nifzoo's CPU defaults, as launch/train.py (nifzoo/runtime.py).
+runtime.reexec_with_defaults()
+
 from absl import app
 from absl import flags
 from absl import logging

@@ -13,6 +13,11 @@ from __future__ import annotations
 import os
 import sys
 
+from nifzoo import runtime
+
+# Before jax loads: nifzoo's CPU defaults, as launch/train.py (nifzoo/runtime.py).
+runtime.reexec_with_defaults()
+
 from absl import app
 from absl import flags
 

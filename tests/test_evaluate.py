@@ -286,3 +286,18 @@ def test_tables_from_metrics(tmp_path):
   assert "| `fmnist-nif64` | — | — |" in text and "| 23.97 |" in text
   assert "| `digits-nf` | 2.1000 |" in text
   assert json.load(open(js))[1]["paper_bits_per_dim"] == 1.506
+
+
+# ------------------------------------------------------------------ progress
+
+
+def test_progress_writes_one_finished_line_into_a_log(capsys):
+  """Not a terminal (pytest captures stderr): no partial lines, one final one."""
+  from nifzoo.evaluate import progress  # pylint: disable=g-import-not-at-top
+  update = progress.meter("bits/dim", 300)
+  for done in (100, 200, 300):
+    update(done)
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith("\rbits/dim: 300/300 images, ")
+  progress.meter("x", 2, enabled=False)(2)
+  assert capsys.readouterr().err == ""
