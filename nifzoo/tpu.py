@@ -306,7 +306,8 @@ def max_batch(compile_at: Callable[[int], Compiled], guess: int, *,
 
   ``compile_at(b)`` compiles at per-chip batch b. Starts at ``guess`` (e.g.
   :func:`predict_max_batch`): when ``guess`` compiles and ``guess + multiple``
-  is refused, that is the answer in two compiles; otherwise the bracket is
+  is refused, that is the answer in two compiles (one when ``guess`` is known
+  to be refused and ``guess - multiple`` compiles); otherwise the bracket is
   widened and bisected, on the compiler's own refusals. ``known`` maps batches
   already compiled to whether they fit. Returns (batch, the compiles made).
   """
@@ -338,6 +339,13 @@ def max_batch(compile_at: Callable[[int], Compiled], guess: int, *,
           lo = g - multiple
         else:
           hi = g - multiple
+  elif hi is not None and g >= hi and hi - multiple > lo:
+    # The guess (a prediction past the limit) is known refused: the limit is
+    # most likely just below it.
+    if fits(hi - multiple):
+      lo = hi - multiple
+    else:
+      hi = hi - multiple
   step = max(multiple, lo)
   while hi is None:  # widen upwards
     b = min(limit, lo + step)

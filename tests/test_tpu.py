@@ -156,6 +156,18 @@ def test_a_right_guess_costs_two_compiles():
   assert calls == [288, 296]
 
 
+def test_a_refused_guess_tries_its_neighbour_below_first():
+  """A secant prediction 8 past the limit (refused) costs one more compile."""
+  calls = []
+  at = lambda b: calls.append(b) or type("R", (), {"fits": b <= 1280})()
+  assert tpu.max_batch(at, 1288, known={984: True, 1288: False})[0] == 1280
+  assert calls == [1280]
+  calls.clear()  # Not just below: bisected between the fit and the refusal.
+  at = lambda b: calls.append(b) or type("R", (), {"fits": b <= 1100})()
+  assert tpu.max_batch(at, 1288, known={984: True, 1288: False})[0] == 1096
+  assert calls[0] == 1280 and len(set(calls)) == len(calls)
+
+
 def test_predict_max_batch_on_a_line():
   gib = 2 ** 30
   # 1 GiB fixed + 0.05 GiB per sample; 15.75 GiB usable -> 295 -> 288.
