@@ -301,14 +301,16 @@ def predict_max_batch(b1: int, bytes1: float, b2: int, bytes2: float,
 
 def max_batch(compile_at: Callable[[int], Compiled], guess: int, *,
               multiple: int = 8, known: dict | None = None,
-              limit: int = 1 << 16) -> tuple[int, list[Compiled]]:
+              limit: int = 1 << 16, descend: int = 4) -> tuple[int, list[Compiled]]:
   """The largest per-chip batch (a multiple of ``multiple``) that compiles.
 
   ``compile_at(b)`` compiles at per-chip batch b. Starts at ``guess`` (e.g.
   :func:`predict_max_batch`): when ``guess`` compiles and ``guess + multiple``
-  is refused, that is the answer in two compiles (one when ``guess`` is known
-  to be refused and ``guess - multiple`` compiles); otherwise the bracket is
-  widened and bisected, on the compiler's own refusals. ``known`` maps batches
+  is refused, that is the answer in two compiles. When ``guess`` is refused,
+  up to ``descend`` batches below it are tried one step at a time (the
+  compiler refuses in seconds; a program that fits takes it a minute): the
+  first that fits is the answer. Otherwise the bracket is widened and
+  bisected, on the compiler's own refusals. ``known`` maps batches
   already compiled to whether they fit. Returns (batch, the compiles made).
   """
   known = dict(known or {})
@@ -334,18 +336,16 @@ def max_batch(compile_at: Callable[[int], Compiled], guess: int, *,
           hi = g + multiple
     else:
       hi = g
-      if g - multiple > lo:
-        if fits(g - multiple):
-          lo = g - multiple
-        else:
-          hi = g - multiple
-  elif hi is not None and g >= hi and hi - multiple > lo:
-    # The guess (a prediction past the limit) is known refused: the limit is
-    # most likely just below it.
-    if fits(hi - multiple):
-      lo = hi - multiple
-    else:
-      hi = hi - multiple
+  if hi is not None and lo < hi - multiple and g >= hi:
+    # The guess (a prediction) is refused: the limit is most likely a few
+    # steps below it, and a refusal costs a fraction of a compile that fits.
+    for _ in range(descend):
+      if hi - multiple <= lo:
+        break
+      if fits(hi - multiple):
+        lo = hi - multiple
+        break
+      hi -= multiple
   step = max(multiple, lo)
   while hi is None:  # widen upwards
     b = min(limit, lo + step)

@@ -156,16 +156,21 @@ def test_a_right_guess_costs_two_compiles():
   assert calls == [288, 296]
 
 
-def test_a_refused_guess_tries_its_neighbour_below_first():
-  """A secant prediction 8 past the limit (refused) costs one more compile."""
+def test_a_refused_guess_descends_one_step_at_a_time_then_bisects():
+  """A prediction a few steps past the limit (refused, cheap) is followed by
+  the batches just below it; far past it, by a bisection."""
   calls = []
   at = lambda b: calls.append(b) or type("R", (), {"fits": b <= 1280})()
   assert tpu.max_batch(at, 1288, known={984: True, 1288: False})[0] == 1280
   assert calls == [1280]
-  calls.clear()  # Not just below: bisected between the fit and the refusal.
+  calls.clear()
+  at = lambda b: calls.append(b) or type("R", (), {"fits": b <= 1270})()
+  assert tpu.max_batch(at, 1296, known={1120: True})[0] == 1264
+  assert calls == [1296, 1288, 1280, 1272, 1264]
+  calls.clear()  # Far below: 4 steps down, then bisected.
   at = lambda b: calls.append(b) or type("R", (), {"fits": b <= 1100})()
   assert tpu.max_batch(at, 1288, known={984: True, 1288: False})[0] == 1096
-  assert calls[0] == 1280 and len(set(calls)) == len(calls)
+  assert calls[:4] == [1280, 1272, 1264, 1256] and len(set(calls)) == len(calls)
 
 
 def test_predict_max_batch_on_a_line():
