@@ -86,9 +86,11 @@ def at_paper_batch(row: dict, where: str, log) -> None:
     row["prior_products_highest"] = len(tpu.check_prior_precision(c.hlo_text))
 
 
-def add_max_batch(row: dict, log) -> None:
+def add_max_batch(row: dict, log, slope: float | None = None) -> None:
   """Phase 2: the largest per-chip batch on one chip, predicted from the two
-  compiles of phase 1 and confirmed by the compiler."""
+  compiles of phase 1 (or, given ``slope``, HBM bytes per sample measured at
+  large batches on another generation, from the one-chip compile) and
+  confirmed by the compiler."""
   config = configs.get_config(row["config"])
   gen, batch = row["generation"], config.batch_size
   one = tpu.ONE_CHIP[gen]
@@ -107,9 +109,29 @@ def add_max_batch(row: dict, log) -> None:
   hbm = {batch: o.get("hbm_bytes")}
   if s and s["per_chip_batch"] != batch:
     hbm[s["per_chip_batch"]] = s.get("hbm_bytes")
+  guess = None
+  if slope and o.get("hbm_bytes"):  # HBM per sample measured at large batches
+    guess = int(batch + (row["usable_hbm_gib"] * GiB - o["hbm_bytes"]) / slope)
+    row["max_batch_guess_from"] = "the first generation's HBM per sample"
   row["max_per_chip_batch"], row["max_batch_predicted"] = tpu.largest_batch(
-      at, hbm, row["usable_hbm_gib"] * GiB)
+      at, hbm, row["usable_hbm_gib"] * GiB, guess=guess)
   row["max_batch_compiles"] = compiles
+
+
+def large_batch_slope(row: dict) -> float | None:
+  """HBM bytes per sample at large batches in a row's largest-batch search:
+  between its smallest and largest batches that fit when they are 64 or more
+  apart, else from the one-chip compile at the paper's batch to the largest
+  (None: no search yet)."""
+  fit = sorted((c["per_chip_batch"], c["hbm_gib"] * GiB) for c in
+               row.get("max_batch_compiles", []) if c["fits"])
+  if not fit:
+    return None
+  if fit[-1][0] - fit[0][0] < 64:
+    o = row["one_chip"]
+    fit = [(o["per_chip_batch"], o["hbm_bytes"]), fit[-1]]
+  (b1, h1), (b2, h2) = fit[0], fit[-1]
+  return (h2 - h1) / (b2 - b1) if b2 > b1 and h2 > h1 else None
 
 
 def main():
@@ -181,7 +203,8 @@ def main():
       continue
     log(f"{name} on {gen}: {what}")
     if what == "max":
-      add_max_batch(row, log)
+      add_max_batch(row, log, None if gen == first else
+                    large_batch_slope(rows[name, first]))
     else:
       at_paper_batch(row, what, log)
     write()

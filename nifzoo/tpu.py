@@ -558,7 +558,8 @@ def emulate_tpu_precision(fn: Callable, *, default_passes: int = 1) -> Callable:
 
 def largest_batch(compile_at: Callable[[int], Compiled],
                   hbm: dict[int, float | None], capacity: float, *,
-                  multiple: int = 8, secant_steps: int = 3) -> tuple[int, int]:
+                  multiple: int = 8, secant_steps: int = 3,
+                  guess: int | None = None) -> tuple[int, int]:
   """The largest per-chip batch that compiles on one chip, from compiles made.
 
   ``hbm`` maps the per-chip batches already compiled to their HBM bytes
@@ -568,7 +569,9 @@ def largest_batch(compile_at: Callable[[int], Compiled],
   prediction is a new point and the line predicts again (HBM grows a little
   less than linearly at large batches), at most ``secant_steps`` times; then
   :func:`max_batch` confirms on the compiler's refusals, reusing every verdict.
-  Returns (the largest batch, the first prediction).
+  ``guess``, when given, replaces the first prediction (e.g. from another
+  generation's slope at large batches). Returns (the largest batch, the first
+  prediction).
   """
   hbm = dict(hbm)
   known = {b: v is not None for b, v in hbm.items()}
@@ -580,7 +583,7 @@ def largest_batch(compile_at: Callable[[int], Compiled],
     b1, b2 = fit[-2:]
     return predict_max_batch(b1, hbm[b1], b2, hbm[b2], capacity, multiple)
 
-  guess = first = predict()
+  guess = first = (guess // multiple * multiple if guess else predict())
   if any(known.values()):
     for _ in range(secant_steps):
       if guess in known:

@@ -214,6 +214,12 @@ def test_largest_batch_predicts_then_confirms():
   # A config that does not fit at its batch is searched downwards.
   best, _ = tpu.largest_batch(at, {512: None}, 15.75 * fake.GIB)
   assert best == want
+  # A first guess from elsewhere (another generation's slope) replaces the
+  # line's; near the limit, it costs two compiles.
+  fake.calls.clear()
+  best, first = tpu.largest_batch(at, {32: fake.hbm(32)}, 15.75 * fake.GIB,
+                                  guess=want + 3)
+  assert (best, first) == (want, want) and len(fake.calls) == 2
 
 
 def test_fit_report_cli_finds_the_largest_batch(monkeypatch):
