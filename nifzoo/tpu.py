@@ -301,16 +301,16 @@ def predict_max_batch(b1: int, bytes1: float, b2: int, bytes2: float,
 
 def max_batch(compile_at: Callable[[int], Compiled], guess: int, *,
               multiple: int = 8, known: dict | None = None,
-              limit: int = 1 << 16, descend: int = 4) -> tuple[int, list[Compiled]]:
+              limit: int = 1 << 16, descend: int = 6) -> tuple[int, list[Compiled]]:
   """The largest per-chip batch (a multiple of ``multiple``) that compiles.
 
   ``compile_at(b)`` compiles at per-chip batch b. Starts at ``guess`` (e.g.
   :func:`predict_max_batch`): when ``guess`` compiles and ``guess + multiple``
   is refused, that is the answer in two compiles. When ``guess`` is refused,
-  up to ``descend`` batches below it are tried one step at a time (the
-  compiler refuses in seconds; a program that fits takes it a minute): the
-  first that fits is the answer. Otherwise the bracket is widened and
-  bisected, on the compiler's own refusals. ``known`` maps batches
+  up to ``descend`` batches below it are tried, 8, 16, 32, ... further down
+  (the compiler refuses in seconds; a program that fits takes it a minute),
+  and the first that fits closes the bracket. Otherwise the bracket is
+  widened; then bisected, on the compiler's own refusals. ``known`` maps batches
   already compiled to whether they fit. Returns (batch, the compiles made).
   """
   known = dict(known or {})
@@ -339,13 +339,16 @@ def max_batch(compile_at: Callable[[int], Compiled], guess: int, *,
   if hi is not None and lo < hi - multiple and g >= hi:
     # The guess (a prediction) is refused: the limit is most likely a few
     # steps below it, and a refusal costs a fraction of a compile that fits.
+    # Steps down of 8, 16, 32, ... until one fits; then the bisection below.
+    step = multiple
     for _ in range(descend):
-      if hi - multiple <= lo:
+      if hi - step <= lo:
         break
-      if fits(hi - multiple):
-        lo = hi - multiple
+      if fits(hi - step):
+        lo = hi - step
         break
-      hi -= multiple
+      hi -= step
+      step *= 2
   step = max(multiple, lo)
   while hi is None:  # widen upwards
     b = min(limit, lo + step)

@@ -156,9 +156,9 @@ def test_a_right_guess_costs_two_compiles():
   assert calls == [288, 296]
 
 
-def test_a_refused_guess_descends_one_step_at_a_time_then_bisects():
-  """A prediction a few steps past the limit (refused, cheap) is followed by
-  the batches just below it; far past it, by a bisection."""
+def test_a_refused_guess_descends_in_growing_steps_then_bisects():
+  """A prediction past the limit (refused, cheap) is followed by batches 8,
+  16, 32, ... further below until one fits; then the bracket is bisected."""
   calls = []
   at = lambda b: calls.append(b) or type("R", (), {"fits": b <= 1280})()
   assert tpu.max_batch(at, 1288, known={984: True, 1288: False})[0] == 1280
@@ -166,11 +166,11 @@ def test_a_refused_guess_descends_one_step_at_a_time_then_bisects():
   calls.clear()
   at = lambda b: calls.append(b) or type("R", (), {"fits": b <= 1270})()
   assert tpu.max_batch(at, 1296, known={1120: True})[0] == 1264
-  assert calls == [1296, 1288, 1280, 1272, 1264]
-  calls.clear()  # Far below: 4 steps down, then bisected.
+  assert calls == [1296, 1288, 1272, 1240, 1256, 1264]
+  calls.clear()  # Far below: down to the fit known, then bisected.
   at = lambda b: calls.append(b) or type("R", (), {"fits": b <= 1100})()
   assert tpu.max_batch(at, 1288, known={984: True, 1288: False})[0] == 1096
-  assert calls[:4] == [1280, 1272, 1264, 1256] and len(set(calls)) == len(calls)
+  assert calls[:5] == [1280, 1264, 1232, 1168, 1040] and len(set(calls)) == len(calls)
 
 
 def test_predict_max_batch_on_a_line():
