@@ -112,7 +112,7 @@ def add_max_batch(row: dict, log, slope: float | None = None) -> None:
   guess = None
   if slope and o.get("hbm_bytes"):  # HBM per sample measured at large batches
     guess = int(batch + (row["usable_hbm_gib"] * GiB - o["hbm_bytes"]) / slope)
-    row["max_batch_guess_from"] = "the first generation's HBM per sample"
+    row["max_batch_guess_from"] = "an earlier generation's HBM per sample"
   row["max_per_chip_batch"], row["max_batch_predicted"] = tpu.largest_batch(
       at, hbm, row["usable_hbm_gib"] * GiB, guess=guess)
   row["max_batch_compiles"] = compiles
@@ -202,9 +202,9 @@ def main():
     if what in row or (what == "max" and "max_per_chip_batch" in row):
       continue
     log(f"{name} on {gen}: {what}")
-    if what == "max":
-      add_max_batch(row, log, None if gen == first else
-                    large_batch_slope(rows[name, first]))
+    if what == "max":  # From the nearest earlier generation searched.
+      slopes = [large_batch_slope(rows[name, g]) for g in gens[:gens.index(gen)]]
+      add_max_batch(row, log, next((x for x in reversed(slopes) if x), None))
     else:
       at_paper_batch(row, what, log)
     write()
