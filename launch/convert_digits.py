@@ -70,7 +70,7 @@ def _cmp(c, digits=4):
 def main(argv):
   del argv
   from nifzoo import cards, evaluate, registry, zoo  # pylint: disable=g-import-not-at-top
-  from nifzoo.evaluate import claims, knob, stats  # pylint: disable=g-import-not-at-top
+  from nifzoo.evaluate import claims, metrics, stats  # pylint: disable=g-import-not-at-top
   os.chdir(_ROOT)
   t0 = time.time()
   command = " ".join(["python", "launch/convert_digits.py"] + sys.argv[1:])
@@ -217,7 +217,7 @@ def main(argv):
             "fine-tuned − NF | scratch − NF |", "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     cells = [f"{_pm(v['tuned']['mean'], v['tuned']['se'], 2)} "
-             f"({knob.knob_label(v['knobs_star'])}{'†' if v['at_limit'] else ''})"
+             f"({metrics.knob_label(v['knobs_star'])}{'†' if v['at_limit'] else ''})"
              for v in r["fd"].values()]
     lines.append(f"| {r['k']} | " + " | ".join(cells) + " | "
                  + " | ".join(_cmp(c, 2) for c in r["fd_vs_nf"].values()) + " |")

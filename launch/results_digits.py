@@ -36,6 +36,7 @@ from absl import logging
 from nifzoo.evaluate import claims as claims_lib
 from nifzoo.evaluate import config as config_lib
 from nifzoo.evaluate import knob
+from nifzoo.evaluate import metrics
 from nifzoo.evaluate import stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -214,7 +215,7 @@ def write_page(path: str, rows: dict, verdict: dict, seeds: dict, extra: dict,
       tuning = f"s: {tuning}; T: {kr['tune_temperature']['tuning']}"
     at_s = _pm(kr["tuned_s"]) if "tuned_s" in kr else "—"
     lines.append(f"| `{name}` | {_pm(kr['default'])} | "
-                 f"{knob.knob_label(kr['knobs_star'])} | {tuning} | {at_s} | "
+                 f"{metrics.knob_label(kr['knobs_star'])} | {tuning} | {at_s} | "
                  f"{_pm(kr['tuned'])} |")
   lines += [
       "", f"Which way the knobs move FD on digits: {extra['s_direction']}", "",
@@ -341,7 +342,7 @@ def main(argv):
   from nifzoo import cards, registry, zoo  # pylint: disable=g-import-not-at-top
   from nifzoo import evaluate  # pylint: disable=g-import-not-at-top
   from nifzoo.evaluate import classifier as classifier_lib  # pylint: disable=g-import-not-at-top
-  from nifzoo.evaluate import figures, job, metrics, probe  # pylint: disable=g-import-not-at-top
+  from nifzoo.evaluate import figures, job, probe  # pylint: disable=g-import-not-at-top
 
   t0 = time.time()
   command = "python launch/results_digits.py " + " ".join(sys.argv[1:])

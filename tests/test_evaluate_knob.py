@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from nifzoo.evaluate import knob
+from nifzoo.evaluate import metrics
 
 
 def _bowl(centre, calls):
@@ -58,7 +59,7 @@ def test_nif_tunes_s_at_t1_then_t_at_s_star():
   assert len(first) == len(r["tune"]["grid"]) == 8
   assert len(second) == len(r["tune_temperature"]["grid"]) == 11
   assert all(c["noise_scale"] == 0.8 for c in second)
-  assert knob.knob_label(r["knobs"]) == "s = 0.8, T = 1.4"
+  assert metrics.knob_label(r["knobs"]) == "s = 0.8, T = 1.4"
 
   calls.clear()
   r = knob.tune_knobs(fd, "temperature")

@@ -96,12 +96,6 @@ def tune_knobs(fd_at, knob: str, grid=DEFAULT_GRID, **limits) -> dict:
   return {"knobs": knobs, "tune": tune, "tune_temperature": tune_t}
 
 
-def knob_label(knobs: dict) -> str:
-  """"s = 0.9, T = 1.1" / "T = 1.3" for settings {"noise_scale", "temperature"}."""
-  sym = {"noise_scale": "s", "temperature": "T"}
-  return ", ".join(f"{sym[k]} = {v:g}" for k, v in knobs.items())
-
-
 def fd_draws(sampler, feature_fn, reference_stats, num_samples: int, *, key,
              draws: int, knobs: dict, batch_size: int = 256) -> np.ndarray:
   """FDs (draws,) of ``draws`` independent sample sets (draw r: ``fold_in(key,
@@ -210,7 +204,7 @@ def tuned_fd(model, feature_fn, data_config, *, key=None, num_samples: int = 100
 
   def at(knobs, reference, k, draws):
     if progress:
-      print(f"  FD {knob_label(knobs)} ({draws} draws)", flush=True)
+      print(f"  FD {metrics.knob_label(knobs)} ({draws} draws)", flush=True)
     return fd_draws(sampler, feature_fn, reference, num_samples, key=k,
                     draws=draws, knobs=knobs, batch_size=batch_size)
 
@@ -267,6 +261,6 @@ def run(model, config, context) -> dict:
   if r["tune_temperature"]:
     tuning = f"s {tuning}, T {r['tune_temperature']['tuning']}"
   return {"results": r, "metrics": out,
-          "summary": f"{knob_label(r['knobs_star'])} ({tuning}), test FD "
+          "summary": f"{metrics.knob_label(r['knobs_star'])} ({tuning}), test FD "
                      f"{stats.fmt(r['tuned']['mean'], r['tuned']['se'], 2)} "
                      f"(default: {stats.fmt(r['default']['mean'], r['default']['se'], 2)})"}

@@ -41,3 +41,9 @@ def bits_per_dim_metric(result: dict | None, command: str) -> dict:
       se=None if se is None else round(float(se), 5),
       **{k: result.get(k) for k in ("split", "num_images", "num_draws",
                                     "noise_scale", "num_samples")})}
+
+
+def knob_label(knobs: dict) -> str:
+  """"s = 0.9, T = 1.1" / "T = 1.3" for settings {"noise_scale", "temperature"}."""
+  sym = {"noise_scale": "s", "temperature": "T"}
+  return ", ".join(f"{sym[k]} = {v:g}" for k, v in knobs.items())

@@ -52,9 +52,10 @@ def _fmt(v, spec: str, se=None) -> str:
 
 def _knobs(r: dict) -> str:
   """"s = 0.9, T = 1.1" / "T = 1.3" from a row's tuned knobs ("—": none)."""
-  k = [f"{sym} = {r[key]:g}" for sym, key in (("s", "s_star"), ("T", "temperature_star"))
-       if r.get(key) is not None]
-  return ", ".join(k) or "—"
+  knobs = {k: r.get(key) for k, key in (("noise_scale", "s_star"),
+                                        ("temperature", "temperature_star"))}
+  return metrics_lib.knob_label({k: v for k, v in knobs.items()
+                                 if v is not None}) or "—"
 
 
 def markdown(rows: list[dict]) -> str:
