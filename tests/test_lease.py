@@ -114,6 +114,32 @@ def test_bad_stale_time_is_refused(tmp_path):
   assert not os.path.exists(tmp_path / "w")
 
 
+def test_unreadable_lease_is_refused_naming_it(tmp_path):
+  (tmp_path / lease_lib.LEASE_FILE).write_text('{"tok')
+  with pytest.raises(lease_lib.LeaseHeldError, match="has an unreadable lease"):
+    lease_lib.Lease(str(tmp_path), settle_secs=0.01).acquire()
+  assert (tmp_path / lease_lib.LEASE_FILE).read_text() == '{"tok'  # Untouched.
+
+
+def test_a_lease_read_half_written_is_judged_once_whole(tmp_path, monkeypatch):
+  """An object store can show another trainer's lease half-written: that
+  racer's lease is held, not unreadable."""
+  theirs = fake_lease(str(tmp_path), silent=0)
+  reads = []
+
+  def read(workdir):
+    reads.append(workdir)
+    if len(reads) == 1:
+      return {"unreadable": "JSONDecodeError: Unterminated string"}
+    return real_read(workdir)
+
+  real_read = lease_lib.read
+  monkeypatch.setattr(lease_lib, "read", read)
+  with pytest.raises(lease_lib.LeaseHeldError, match="is in use by another trainer"):
+    lease_lib.Lease(str(tmp_path), settle_secs=0.01).acquire()
+  assert len(reads) == 2 and token(str(tmp_path)) == theirs["token"]
+
+
 # ------------------------------------------------------------- taking over
 
 

@@ -372,8 +372,14 @@ class Lease:
   # -------------------------------------------------------------- internals
 
   def _acquire_on_chief(self) -> tuple[bool, str]:
+    current = None
     for _ in range(5):  # Re-read when the lease vanished or appeared meanwhile.
       current = self._read()
+      if current is not None and "unreadable" in current:
+        # Another trainer's write may be under way (an object store can show
+        # it half-written): judge the lease once it reads whole.
+        time.sleep(self.settle_secs)
+        continue
       start = _now()
       record = {
           "version": 1, "token": self.token, "host": socket.gethostname(),
@@ -400,10 +406,12 @@ class Lease:
       if confirmed is not None and confirmed.get("token") == self.token:
         logging.info("Acquired the workdir lease %s.", self.path)
         return True, ""
-      if confirmed is None:
+      if confirmed is None or "unreadable" in confirmed:
         continue
       return False, ("Another trainer acquired the workdir lease at the same "
                      "time and won. " + self._held_message(confirmed))
+    if current is not None and "unreadable" in current:
+      return False, self._held_message(current)
     return False, (f"The workdir lease {self.path} kept appearing and "
                    "disappearing: other trainers are starting on this workdir. "
                    "Stop them, then rerun.")
