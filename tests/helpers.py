@@ -69,6 +69,18 @@ def train_tiny(root: str):
     json.dump(result, f, default=float)
 
 
+def env_with_devices(devices: int, env=None) -> dict:
+  """``env`` (default ``os.environ``) for a subprocess with ``devices`` host
+  devices, keeping the session's XLA flags (tests/conftest.py's fast compile:
+  without them the subprocess compiles at full optimisation)."""
+  env = dict(os.environ if env is None else env)
+  flags = [f for f in env.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count=")]
+  env["XLA_FLAGS"] = " ".join(
+      flags + [f"--xla_force_host_platform_device_count={devices}"])
+  return env
+
+
 def copy_tree(src: str, dst) -> str:
   """A private copy of a shared directory (the tiny run's registry or workdir)
   for a test that changes it."""

@@ -35,6 +35,8 @@ from nifzoo import registry
 from nifzoo import zoo
 from nifzoo import variables
 
+import helpers
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "launch", "train.py")
 EVALUATE = os.path.join(ROOT, "launch", "evaluate.py")
@@ -57,10 +59,7 @@ print("RESULT " + json.dumps({"log_prob": np.asarray(lp).tolist(),
 def _env(gcs, devices=1, **extra):
   env = {**os.environ, **gcs.env, "TF_CPP_MIN_LOG_LEVEL": "2",
          "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra}
-  if devices > 1:
-    env["XLA_FLAGS"] = " ".join(env.get("XLA_FLAGS", "").split() + [
-        f"--xla_force_host_platform_device_count={devices}"])
-  return env
+  return helpers.env_with_devices(devices, env) if devices > 1 else env
 
 
 def _free_port() -> int:

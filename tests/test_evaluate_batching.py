@@ -19,6 +19,8 @@ from nifzoo import configs
 from nifzoo import data
 from nifzoo import evaluate
 
+import helpers
+
 _N = 40  # Test images scored (indices below), 3 draws each.
 _INDICES = np.arange(7, 7 + 2 * _N, 2)
 
@@ -96,7 +98,7 @@ print(json.dumps(out))
 
 @pytest.mark.slow
 def test_the_same_on_1_and_2_devices(by_batch):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env = helpers.env_with_devices(2)
   out = subprocess.run([sys.executable, "-c", _DEVICES, json.dumps(_INDICES.tolist())],
                        capture_output=True, text=True, timeout=600, env=env)
   assert out.returncode == 0, out.stderr[-3000:]

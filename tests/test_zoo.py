@@ -338,7 +338,6 @@ def test_readme_table_is_generated_from_the_registry():
 
 _MESH_CODE = """
 import os, sys, json
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 import jax, numpy as np
 from nifzoo import zoo, mesh as mesh_lib
 reg, name, images = sys.argv[1], sys.argv[2], np.load(sys.argv[3])
@@ -361,7 +360,7 @@ def test_load_onto_an_8_device_mesh_matches_one_device(trained, images, tmp_path
   np.save(tmp_path / "x.npy", images)
   out = subprocess.run([sys.executable, "-c", _MESH_CODE, reg, "digits-nif4-tiny",
                         str(tmp_path / "x.npy")], capture_output=True, text=True,
-                       timeout=600)
+                       timeout=600, env=helpers.env_with_devices(8))
   assert out.returncode == 0, out.stderr[-3000:]
   assert float(out.stdout.strip().splitlines()[-1]) < 1e-5 * 200  # |log p| ~ 150 nats
 
