@@ -68,9 +68,17 @@ def pytest_collection_modifyitems(items):
     if _TRAINING_RUNS & set(item.fixturenames):
       item.add_marker(pytest.mark.slow)
 
+  # The rest: the files with the most tests first (xdist's own order, which
+  # pyproject.toml's --no-loadscope-reorder turns off so this one holds).
+  counts = {}
+  for item in items:
+    counts[item.path.name] = counts.get(item.path.name, 0) + 1
+
   def rank(item):
     name = item.path.name
-    return _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST)
+    if name in _LONGEST_FIRST:
+      return (_LONGEST_FIRST.index(name), 0)
+    return (len(_LONGEST_FIRST), -counts[name])
   items.sort(key=rank)  # Stable: each file keeps its own order.
 
 
