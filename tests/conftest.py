@@ -16,6 +16,7 @@ yourself to keep a cache between sessions, or ``NIFZOO_TEST_XLA_OPT=1`` to test
 with XLA's default optimisation.
 """
 
+import collections
 import os
 import shutil
 import tempfile
@@ -70,9 +71,7 @@ def pytest_collection_modifyitems(items):
 
   # The rest: the files with the most tests first (xdist's own order, which
   # pyproject.toml's --no-loadscope-reorder turns off so this one holds).
-  counts = {}
-  for item in items:
-    counts[item.path.name] = counts.get(item.path.name, 0) + 1
+  counts = collections.Counter(item.path.name for item in items)
 
   def rank(item):
     name = item.path.name

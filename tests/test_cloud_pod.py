@@ -59,7 +59,7 @@ print("RESULT " + json.dumps({"log_prob": np.asarray(lp).tolist(),
 def _env(gcs, devices=1, **extra):
   env = {**os.environ, **gcs.env, "TF_CPP_MIN_LOG_LEVEL": "2",
          "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra}
-  return helpers.env_with_devices(devices, env) if devices > 1 else env
+  return helpers.env_with_devices(devices, env)
 
 
 def _free_port() -> int:

@@ -337,7 +337,7 @@ def test_readme_table_is_generated_from_the_registry():
 
 
 _MESH_CODE = """
-import os, sys, json
+import sys, json
 import jax, numpy as np
 from nifzoo import zoo, mesh as mesh_lib
 reg, name, images = sys.argv[1], sys.argv[2], np.load(sys.argv[3])

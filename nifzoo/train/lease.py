@@ -372,7 +372,6 @@ class Lease:
   # -------------------------------------------------------------- internals
 
   def _acquire_on_chief(self) -> tuple[bool, str]:
-    current = None
     for _ in range(5):  # Re-read when the lease vanished or appeared meanwhile.
       current = self._read()
       if current is not None and "unreadable" in current:
