@@ -89,9 +89,8 @@ def _assert_bitwise(got, want):
 
 
 def _hand_written_jit(names, model, x, z):
-  """Every named call under one hand-written ``nnx.jit`` (one compile serves
-  every test that compares with it): name -> result."""
-  return nnx.jit(lambda m, x, z: {n: CALLS[n](m, x, z) for n in names})(model, x, z)
+  """Each named call under its own hand-written ``nnx.jit``: name -> result."""
+  return {n: nnx.jit(CALLS[n])(model, x, z) for n in names}
 
 
 @pytest.fixture(scope="module")
