@@ -48,6 +48,15 @@ def _xla_knows(flag: str) -> bool:
 
 
 def pytest_configure(config):
+  # pytest's unraisable-exception plugin runs 5 full garbage collections as
+  # each process ends (seconds with jax's caches on the heap, at the end of
+  # every xdist worker); none, as pytester does: what is unraisable is still
+  # reported when it is collected during the session.
+  try:
+    from _pytest import unraisableexception  # pylint: disable=g-import-not-at-top
+    config.stash[unraisableexception.gc_collect_iterations_key] = 0
+  except (ImportError, AttributeError):
+    pass
   if hasattr(config, "workerinput"):  # An xdist worker: the controller set it up.
     return
   if os.environ.get("NIFZOO_TEST_XLA_OPT") != "1":

@@ -128,8 +128,9 @@ class ImageFlow(nnx.Module):
     checks.check_nonempty(x, name, "image")
     msg = (f"{name} values must lie in [0, {self.num_levels}) for this model "
            f"({self.num_levels} levels), got range [{{lo}}, {{hi}}].")
-    if checks.is_concrete(x):
-      lo, hi = int(np.min(x)), int(np.max(x))
+    if checks.is_concrete(x):  # Through numpy: jnp.min would be staged under a jit.
+      values = np.asarray(x)
+      lo, hi = int(values.min()), int(values.max())
       if lo < 0 or hi >= self.num_levels:
         raise ValueError(msg.format(lo=lo, hi=hi))
     elif checks.functionalized():
