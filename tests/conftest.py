@@ -6,9 +6,9 @@ The tests run tiny models whose time goes into XLA compilation, not execution:
   XLA:CPU compile about a third faster, and ``--xla_cpu_use_fusion_emitters=false``
   (XLA:CPU's older loop emitters for its fusions, not the MLIR fusion
   emitters) faster again (``bench/compile_flags.py`` measures both on the tiny
-  digits programs). The programs run slower, which tiny shapes do not notice. Numerics are unchanged up to float
-  reassociation, inside every test's tolerance; runs compared bitwise are the
-  same program under the same flags.
+  digits programs). The programs run slower, which tiny shapes do not notice.
+  Numerics are unchanged up to float reassociation, inside every test's
+  tolerance; runs compared bitwise are the same program under the same flags.
 - One persistent compilation cache per test session, shared through the
   environment by the xdist workers and by every ``launch/train.py`` or
   ``train_worker.py`` subprocess, so a program compiled by one is loaded by
@@ -67,8 +67,10 @@ def pytest_configure(config):
     cache = tempfile.mkdtemp(prefix="nifzoo-test-xla-cache-")
     config.nifzoo_cache_dir = cache
     os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
-  # Cache small compilations too, not only those over jax's default 1 s.
-  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+  # Cache every compilation, not only those over jax's default 1 s: the other
+  # worker and a later session on the same cache (.ci/run's lower-bounds run)
+  # load even the eager single-op programs instead of compiling them again.
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   # libtpu (for the TPU compile tests) without a TPU: keep jax from loading it
   # in every process (it probes for chips and the metadata server).
   from nifzoo import runtime  # pylint: disable=g-import-not-at-top
