@@ -34,8 +34,8 @@ def digits_v5e():
   """digits-nif16's train step compiled for v5e:2x2 (the loop's batch, 64).
 
   The tests here compile at the lowest execution-time effort (``effort=-1``,
-  about a third faster to compile): what they check (the products' precision,
-  the memory report's sums, a refusal) does not depend on it."""
+  faster to compile): what they check (the products' precision, the memory
+  report's sums, a refusal) does not depend on it."""
   return tpu.compile_train_step(configs.get_config("digits-nif16"), "v5e:2x2",
                                 keep_text=True, effort=-1.0)
 
