@@ -27,13 +27,16 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
 
-# name -> XLA_FLAGS; "suite" is tests/conftest.py's _FAST_COMPILE.
+from conftest import FAST_COMPILE  # noqa: E402  The test session's flags.
+
+# name -> XLA_FLAGS: none, optimisation level 0 alone, the suite's.
+_LOOP_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
 FLAG_SETS = {
     "default": "",
-    "O0": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
-    "suite": ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-              " --xla_cpu_use_fusion_emitters=false"),
+    "O0": " ".join(f for f in FAST_COMPILE if f != _LOOP_EMITTERS),
+    "suite": " ".join(FAST_COMPILE),
 }
 PROGRAMS = ("log_prob", "train_step", "sample")
 

@@ -26,25 +26,28 @@ import tempfile
 
 import pytest
 
-_FAST_COMPILE = ("--xla_backend_optimization_level=0",
-                 "--xla_llvm_disable_expensive_passes=true",
-                 "--xla_cpu_use_fusion_emitters=false")
+# (bench/compile_flags.py measures these.)
+FAST_COMPILE = ("--xla_backend_optimization_level=0",
+                "--xla_llvm_disable_expensive_passes=true",
+                "--xla_cpu_use_fusion_emitters=false")
 
 
-def _xla_knows(flag: str) -> bool:
-  """Whether the installed jaxlib has this XLA flag: XLA aborts the process on
-  an unknown flag in XLA_FLAGS, and a jaxlib newer than constraints.txt's may
-  have dropped one. Its library holds every flag's name as a string."""
+def _known_to_xla(flags) -> list[str]:
+  """The flags the installed jaxlib has: XLA aborts the process on an unknown
+  flag in XLA_FLAGS, and a jaxlib newer than constraints.txt's may have
+  dropped one. Its libraries hold every flag's name as a string."""
   import glob  # pylint: disable=g-import-not-at-top
   import importlib.util  # pylint: disable=g-import-not-at-top
   import mmap  # pylint: disable=g-import-not-at-top
-  name = flag.lstrip("-").split("=")[0].encode()
+  names = {f: f.lstrip("-").split("=")[0].encode() for f in flags}
+  missing = set(flags)
   spec = importlib.util.find_spec("jaxlib")
   for lib in glob.glob(os.path.join(os.path.dirname(spec.origin), "*.so")):
+    if not missing:
+      break
     with open(lib, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-      if m.find(name) >= 0:
-        return True
-  return False
+      missing -= {f for f in missing if m.find(names[f]) >= 0}
+  return [f for f in flags if f not in missing]
 
 
 def pytest_configure(config):
@@ -61,7 +64,7 @@ def pytest_configure(config):
     return
   if os.environ.get("NIFZOO_TEST_XLA_OPT") != "1":
     flags = os.environ.get("XLA_FLAGS", "").split()
-    flags += [f for f in _FAST_COMPILE if f not in flags and _xla_knows(f)]
+    flags += _known_to_xla([f for f in FAST_COMPILE if f not in flags])
     os.environ["XLA_FLAGS"] = " ".join(flags)
   if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     cache = tempfile.mkdtemp(prefix="nifzoo-test-xla-cache-")
