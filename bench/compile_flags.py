@@ -31,11 +31,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import FAST_COMPILE  # noqa: E402  The test session's flags.
 
-# name -> XLA_FLAGS: none, optimisation level 0 alone, the suite's.
+# name -> XLA_FLAGS: none, then the suite's flags added one at a time.
 _LOOP_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
+_ONE_SPLIT = "--xla_cpu_parallel_codegen_split_count=1"
 FLAG_SETS = {
     "default": "",
-    "O0": " ".join(f for f in FAST_COMPILE if f != _LOOP_EMITTERS),
+    "O0": " ".join(f for f in FAST_COMPILE if f not in (_LOOP_EMITTERS, _ONE_SPLIT)),
+    "loop": " ".join(f for f in FAST_COMPILE if f != _ONE_SPLIT),
     "suite": " ".join(FAST_COMPILE),
 }
 PROGRAMS = ("log_prob", "train_step", "sample")
@@ -66,12 +68,13 @@ out, cpu0 = {}, time.process_time()
 for name, (f, args) in programs.items():
   t0 = time.perf_counter()
   lowered = f.lower(*args)
-  t1 = time.perf_counter()
+  t1, c1 = time.perf_counter(), time.process_time()
   compiled = lowered.compile()
-  t2 = time.perf_counter()
+  t2, c2 = time.perf_counter(), time.process_time()
   jax.block_until_ready(compiled(*args))
   t3 = time.perf_counter()
-  out[name] = dict(lower_s=t1 - t0, compile_s=t2 - t1, first_run_s=t3 - t2)
+  out[name] = dict(lower_s=t1 - t0, compile_s=t2 - t1, compile_cpu_s=c2 - c1,
+                   first_run_s=t3 - t2)
 out["cpu_s"] = time.process_time() - cpu0
 print("RESULT " + json.dumps(out))
 """
@@ -105,14 +108,17 @@ def main():
   table = {}
   for name, rs in runs.items():
     row = {f"{prog}_{k}": med([r[prog][k] for r in rs])
-           for prog in PROGRAMS for k in ("lower_s", "compile_s", "first_run_s")}
+           for prog in PROGRAMS
+           for k in ("lower_s", "compile_s", "compile_cpu_s", "first_run_s")}
     row["cpu_s"] = med([r["cpu_s"] for r in rs])
     table[name] = row
-  print(f"{'flags':8s} " + " ".join(f"{p + ' compile':>18s}" for p in PROGRAMS)
+  print("compile: wall / CPU (XLA's codegen threads included)")
+  print(f"{'flags':8s} " + " ".join(f"{p:>18s}" for p in PROGRAMS)
         + f" {'process CPU':>12s}")
   for name, row in table.items():
-    print(f"{name:8s} " + " ".join(f"{row[p + '_compile_s']:17.2f}s" for p in PROGRAMS)
-          + f" {row['cpu_s']:11.1f}s")
+    print(f"{name:8s} " + " ".join(
+        f"{row[p + '_compile_s']:8.2f}s /{row[p + '_compile_cpu_s']:6.2f}s"
+        for p in PROGRAMS) + f" {row['cpu_s']:11.1f}s")
   result = dict(
       flag_sets=FLAG_SETS, median=table, runs=runs, reps=args.reps,
       run_s=time.time() - t0, loadavg=os.getloadavg(), cpus=os.cpu_count(),

@@ -5,8 +5,11 @@ The tests run tiny models whose time goes into XLA compilation, not execution:
 - ``--xla_backend_optimization_level=0`` (and no expensive LLVM passes) makes
   XLA:CPU compile about a third faster, and ``--xla_cpu_use_fusion_emitters=false``
   (XLA:CPU's older loop emitters for its fusions, not the MLIR fusion
-  emitters) faster again (``bench/compile_flags.py`` measures both on the tiny
-  digits programs). The programs run slower, which tiny shapes do not notice.
+  emitters) faster again; ``--xla_cpu_parallel_codegen_split_count=1``
+  generates each program's machine code in one piece, not split between
+  threads that two busy workers on two cores cannot run in parallel anyway
+  (``bench/compile_flags.py`` measures each on the tiny digits programs). The
+  programs run slower, which tiny shapes do not notice.
   Numerics are unchanged up to float reassociation, inside every test's
   tolerance; runs compared bitwise are the same program under the same flags.
 - One persistent compilation cache per test session, shared through the
@@ -29,7 +32,8 @@ import pytest
 # (bench/compile_flags.py measures these.)
 FAST_COMPILE = ("--xla_backend_optimization_level=0",
                 "--xla_llvm_disable_expensive_passes=true",
-                "--xla_cpu_use_fusion_emitters=false")
+                "--xla_cpu_use_fusion_emitters=false",
+                "--xla_cpu_parallel_codegen_split_count=1")
 
 
 def _known_to_xla(flags) -> list[str]:

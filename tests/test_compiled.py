@@ -352,25 +352,70 @@ def test_cache_is_on_by_default_in_the_user_cache_dir(tmp_path):
     assert all(n > 1 for n in numpy_blas), got["openblas"]
 
 
-def test_cache_respects_the_users_setting_and_can_be_moved_or_turned_off(tmp_path):
+@contextlib.contextmanager
+def _fresh_cache_settings(monkeypatch, **env):
+  """As in a new process with ``env`` set: nifzoo's cache not applied yet, JAX's
+  cache settings from ``env`` (else their defaults); restored afterwards.
+
+  ``cache.apply_default`` reads only the environment and JAX's config, both
+  set here; ``test_cache_is_on_by_default...`` runs it in a real new process."""
+  names = ("jax_enable_compilation_cache", "jax_compilation_cache_dir",
+           "jax_persistent_cache_min_compile_time_secs")
+  saved = {n: getattr(jax.config, n) for n in names}
+  before = cache.status()
+  for k in ("JAX_COMPILATION_CACHE_DIR", cache.ENV,
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
+    monkeypatch.delenv(k, raising=False)
+  for k, v in env.items():
+    monkeypatch.setenv(k, v)
+  jax.config.update("jax_enable_compilation_cache", True)
+  jax.config.update("jax_compilation_cache_dir", env.get("JAX_COMPILATION_CACHE_DIR"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", float(
+      env.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", 1.0)))
+  cache._STATE.update(source=None, dir=None)  # pylint: disable=protected-access
+  try:
+    yield
+  finally:  # Back to the session's cache (tests/conftest.py).
+    for n, v in saved.items():
+      jax.config.update(n, v)
+    cache._STATE.update(source=before["source"], dir=before["dir"])  # pylint: disable=protected-access
+    cache._reset()  # pylint: disable=protected-access
+
+
+def test_cache_respects_the_users_setting_and_can_be_moved_or_turned_off(
+    tmp_path, monkeypatch):
   mine = str(tmp_path / "mine")
-  got = _probe({"JAX_COMPILATION_CACHE_DIR": mine,
-                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
-                "OPENBLAS_NUM_THREADS": "2"})
-  assert (got["status"]["source"], got["dir"], got["min_secs"]) == ("user", mine, 0.5)
-  # Also the user's OPENBLAS_NUM_THREADS (OpenBLAS caps it at the cores).
-  assert set(got["openblas"].values()) == {min(2, os.cpu_count())}, got["openblas"]
-  got = _probe({"NIFZOO_COMPILATION_CACHE": "0", "HOME": str(tmp_path)})
-  assert got["status"]["source"] == "off" and got["dir"] is None
+  with _fresh_cache_settings(monkeypatch, JAX_COMPILATION_CACHE_DIR=mine,
+                             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5"):
+    cache.apply_default()
+    assert cache.status()["source"] == "user"
+    assert (jax.config.jax_compilation_cache_dir,
+            jax.config.jax_persistent_cache_min_compile_time_secs) == (mine, 0.5)
+  home = tmp_path / "home"
+  home.mkdir()
+  with _fresh_cache_settings(monkeypatch, NIFZOO_COMPILATION_CACHE="0",
+                             HOME=str(home), XDG_CACHE_HOME=str(home)):
+    cache.apply_default()
+    assert cache.status()["source"] == "off" and cache.status()["dir"] is None
+    assert jax.config.jax_compilation_cache_dir is None
+    assert not os.listdir(home)  # Nothing made in the default directory.
   moved = str(tmp_path / "moved")
-  got = _probe({"NIFZOO_COMPILATION_CACHE": moved})
-  assert got["status"]["source"] == "nifzoo" and got["dir"] == moved
+  with _fresh_cache_settings(monkeypatch, NIFZOO_COMPILATION_CACHE=moved):
+    cache.apply_default()
+    assert cache.status()["source"] == "nifzoo" and cache.status()["dir"] == moved
+    assert jax.config.jax_compilation_cache_dir == moved and os.path.isdir(moved)
+    assert (jax.config.jax_persistent_cache_min_compile_time_secs
+            == cache.MIN_COMPILE_SECS)
 
 
 def test_a_second_process_loads_the_first_ones_programs(tmp_path):
   env = {"NIFZOO_COMPILATION_CACHE": str(tmp_path / "c"),
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-  first = _probe(env, sample=True)
+  # The first process also has the user's OPENBLAS_NUM_THREADS: kept (OpenBLAS
+  # caps it at the cores) where nifzoo would set one thread.
+  first = _probe({**env, "OPENBLAS_NUM_THREADS": "2"}, sample=True)
+  assert set(first["openblas"].values()) == {min(2, os.cpu_count())}, first["openblas"]
+  assert first["status"]["source"] == "nifzoo" and first["min_secs"] == 0
   assert os.listdir(tmp_path / "c")
   second = _probe(env, sample=True)
   assert second["hits"] >= 1 and second["hits"] > first["hits"]

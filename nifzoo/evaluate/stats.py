@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 TEST = ("two-sided t test of the difference of means over its standard error "
         "at the 5 % level (|Δ| / SE > t_{0.975, df})")
@@ -85,6 +84,9 @@ def verdict(diff: float, se: float, df: float | None = None, *,
     raise ValueError(f"verdict needs a finite diff and se >= 0; got {diff}, {se}.")
   if not 0 < alpha < 1:
     raise ValueError(f"alpha must lie in (0, 1); got {alpha}.")
+  # Imported here: scipy.stats is slow to import, and every training and
+  # evaluation process imports this module, most never for a verdict.
+  from scipy import stats as scipy_stats  # pylint: disable=g-import-not-at-top
   q = 1 - alpha / 2
   crit = scipy_stats.norm.ppf(q) if df is None else scipy_stats.t.ppf(q, df)
   if abs(diff) <= crit * se:
