@@ -3,8 +3,9 @@
 Each test makes a real round trip through fake-gcs-server, and checks the
 objects there directly (`gcs.objects`), not only through the client that wrote
 them. TensorFlow's clients (tf.io.gfile, epath with EPATH_USE_TF=true, clu's
-TensorBoard writer) run in one subprocess for the module (importing TF costs
-6-10 s) that goes through the TLS proxy.
+TensorBoard writer, and nifzoo's workdir lease on epath's TF backend) run in
+one subprocess for the module (importing TF is most of its time) that goes
+through the TLS proxy.
 """
 
 import json
@@ -17,6 +18,8 @@ import numpy as np
 import pytest
 
 import gcs_emulator
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _gcsfs():
@@ -185,7 +188,8 @@ def test_proxy_serves_googleapis_over_tls(gcs, gcs_path):
   conn.close()
 
 
-# tf.io.gfile, epath's TF backend and clu's writer, in one subprocess.
+# tf.io.gfile, epath's TF backend, clu's writer and the workdir lease on epath's
+# TF backend, in one subprocess (TensorFlow's import is most of its time).
 _TF_SCRIPT = textwrap.dedent("""
     import json, os, sys
     root = sys.argv[1]
@@ -215,6 +219,21 @@ _TF_SCRIPT = textwrap.dedent("""
     w.write_scalars(1, {"loss": 0.5})
     w.flush(); w.close()
     out["tb"] = [os.path.basename(x) for x in g.glob(root + "/tb/*")]
+
+    from nifzoo.train import lease as L
+    p = root + "/lease"
+    a = L.Lease(p, stale_secs=60, settle_secs=0.2)
+    a.acquire()
+    out["lease"] = [L.read(p)["token"] == a.token]
+    try:
+      L.Lease(p, stale_secs=60, settle_secs=0.2).acquire()
+      out["lease"].append("a live lease was not refused")
+    except L.LeaseHeldError as e:
+      out["lease"].append(type(e).__name__)
+    out["lease"].append(a.heartbeat())
+    a.check(step=1)
+    a.release()
+    out["lease"] += [L.read(p) is None, type(epath.Path(p)._backend).__name__]
     print("RESULT " + json.dumps(out))
 """)
 
@@ -224,7 +243,9 @@ def tf_run(gcs):
   """Runs _TF_SCRIPT once: (root prefix, its results, the proxy's counts)."""
   root = gcs.prefix("tf")
   env = {**os.environ, **gcs.env, **gcs.tf_env, "EPATH_USE_TF": "true",
-         "TF_CPP_MIN_LOG_LEVEL": "2", "GCS_RETRY_CONFIG_MAX_RETRIES": "1"}
+         "TF_CPP_MIN_LOG_LEVEL": "2", "GCS_RETRY_CONFIG_MAX_RETRIES": "1",
+         "PYTHONPATH": os.pathsep.join([ROOT] + os.environ.get(
+             "PYTHONPATH", "").split(os.pathsep))}
   before = dict(gcs.proxy.requests)
   refused = len(gcs.proxy.refused)
   proc = subprocess.run([sys.executable, "-c", _TF_SCRIPT, root], env=env,
@@ -274,6 +295,14 @@ def test_cross_backend_tf_write_gcsfs_read(gcs, tf_run):
   assert len(out["tb"]) == 1 and out["tb"][0].startswith("events.out.tfevents")
   events = _gcsfs().cat(f"{root}/tb/{out['tb'][0]}")
   assert b"loss" in events
+
+
+@pytest.mark.slow
+def test_workdir_lease_through_tf_gfile(tf_run):
+  """nifzoo/train/lease.py through etils' tf.io.gfile backend (TF installed,
+  EPATH_USE_TF): acquired, a second holder refused, heartbeat, released."""
+  _, out, _ = tf_run
+  assert out["lease"] == [True, "LeaseHeldError", True, True, "_TfBackend"], out["lease"]
 
 
 def test_check_env_fails_on_os_environ(gcs, monkeypatch):

@@ -2,7 +2,8 @@
 refuses before writing anything, a stale or dead lease is taken over, racers
 get exactly one winner, the heartbeat refreshes, a run whose lease was taken
 over stops before its next save, release deletes only our own lease; the same
-on gs:// (the fake-gcs-server fixture of tests/conftest.py). The lease API
+on gs:// (the fake-gcs-server fixture of tests/conftest.py; through
+TensorFlow's tf.io.gfile in tests/test_gcs_clients.py's TF process). The lease API
 runs with short stale and heartbeat times; one tiny training run (the lost
 lease) is marked slow."""
 
@@ -364,37 +365,3 @@ def test_gcs_training_refuses_a_live_holder(gcs_path):
     loop.train_and_evaluate(tiny_config(), gcs_path)
   assert not (epath.Path(gcs_path) / "checkpoints").exists()
   assert not (epath.Path(gcs_path) / variables.CONFIG_FILE).exists()
-
-
-_TF_SCRIPT = """
-import sys
-from etils import epath
-from nifzoo.train import lease as L
-p = sys.argv[1]
-a = L.Lease(p, stale_secs=60, settle_secs=0.2)
-a.acquire()
-assert L.read(p)["token"] == a.token
-try:
-  L.Lease(p, stale_secs=60, settle_secs=0.2).acquire()
-  raise SystemExit("a live lease was not refused")
-except L.LeaseHeldError:
-  pass
-assert a.heartbeat()
-a.check(step=1)
-a.release()
-assert L.read(p) is None
-print("OK", type(epath.Path(p)._backend).__name__)
-"""
-
-
-@pytest.mark.slow
-def test_gcs_lease_through_tf_gfile(gcs, gcs_path):
-  """The same through etils' tf.io.gfile backend (TF installed, EPATH_USE_TF)."""
-  proc = subprocess.run(
-      [sys.executable, "-c", _TF_SCRIPT, gcs_path], capture_output=True,
-      text=True, timeout=300,
-      env={**os.environ, **gcs.env, "EPATH_USE_TF": "true",
-           "PYTHONPATH": os.pathsep.join(
-               [ROOT] + os.environ.get("PYTHONPATH", "").split(os.pathsep))})
-  assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-  assert "OK _TfBackend" in proc.stdout, proc.stdout
