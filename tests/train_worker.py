@@ -6,9 +6,10 @@
 
 The host device count must be set before jax is imported, hence a separate
 process (the one-device reference, ``train(devices=[device])``, runs in the
-test's own process). The global batches are fixed digits images, and every process feeds
-its own contiguous slice of each, so runs with different device and process
-counts see the same global batches and must agree up to float reduction order.
+test's own process). The global batches are fixed digits images, and every
+process feeds its own contiguous slice of each, so runs with different device
+and process counts see the same global batches and must agree up to float
+reduction order.
 Process 0 writes the loss per step and the final parameters to ``--out``.
 """
 
@@ -32,7 +33,7 @@ def train(config_name="digits-nif8,tiny", batch=16, steps=3, devices=None):
   config = configs.get_config(config_name)
   config.batch_size = batch
   mesh = mesh_lib.make_mesh(devices=devices)
-  local = batch if devices is not None else mesh_lib.check_batch_size(batch)
+  local = mesh_lib.check_batch_size(batch, device_count=mesh.devices.size)
   pid = jax.process_index()
 
   src = data.get_source(config.data, "train")
