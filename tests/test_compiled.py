@@ -336,6 +336,7 @@ def _probe(env_updates, sample=False):
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # Starts a Python process that imports jax.
 def test_cache_is_on_by_default_in_the_user_cache_dir(tmp_path):
   got = _probe({"XDG_CACHE_HOME": str(tmp_path), "HOME": str(tmp_path)})
   assert got["status"]["source"] == "nifzoo"
@@ -408,6 +409,7 @@ def test_cache_respects_the_users_setting_and_can_be_moved_or_turned_off(
             == cache.MIN_COMPILE_SECS)
 
 
+@pytest.mark.slow  # Starts a Python process that imports jax.
 def test_a_second_process_loads_the_first_ones_programs(tmp_path):
   env = {"NIFZOO_COMPILATION_CACHE": str(tmp_path / "c"),
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}

@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from scipy import stats
 
 from nifzoo import configs
 from nifzoo import convert
@@ -29,6 +28,7 @@ def _batches(v, size=1000):
 
 
 def test_ppca_recovers_a_known_model_and_matches_scipy():
+  from scipy import stats  # pylint: disable=g-import-not-at-top  (slow to import)
   v, A, b, sigma2 = _ppca_samples()
   m = convert.moments(_batches(v)())
   np.testing.assert_allclose(m.mean, v.mean(0), atol=1e-10)
@@ -74,6 +74,7 @@ def test_randomized_fit_matches_eigh_without_a_dense_covariance():
 
 
 def test_factor_analysis_recovers_a_diagonal_noise_and_beats_ppca():
+  from scipy import stats  # pylint: disable=g-import-not-at-top  (slow to import)
   rng = np.random.default_rng(2)
   dim, k, n = 10, 2, 40_000
   A = rng.normal(size=(dim, k)) * 2

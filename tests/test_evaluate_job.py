@@ -209,6 +209,7 @@ def test_fid_scores_s1_and_the_knobs_s_star(tiny_model, tmp_path, monkeypatch):
       "temperature": 0.8, "num_samples": 16, "num_reference": 300}}
 
 
+@pytest.mark.slow  # Starts a Python process that imports jax.
 def test_launcher_names_an_unknown_evaluation():
   """launch/evaluate.py builds the job from its flags before loading anything."""
   proc = subprocess.run(

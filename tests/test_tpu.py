@@ -82,11 +82,16 @@ def test_check_prior_precision_refuses_a_default_product(digits_v5e):
 
 @needs_libtpu
 def test_matmul_precision_reaches_the_glow():
+  """In the program handed to the TPU compiler (which keeps a product's
+  precision: the compiled digits step above), every product, the Glow's too."""
   c = configs.get_config("digits-nif4,tiny")
   c.model.matmul_precision = "highest"
-  out = tpu.compile_train_step(c, "v5e:1x1", keep_text=True, effort=-1.0)
-  prods = tpu.products(out.hlo_text)
-  assert prods and all(p["precision"] == "highest,highest" for p in prods)
+  lowered = tpu.lower_train_step(c, tpu.compile_mesh("v5e:1x1"), c.batch_size)
+  hlo = lowered.as_text(dialect="hlo", debug_info=True)
+  prods = tpu.products(hlo)
+  prior = tpu.check_prior_precision(hlo)
+  assert len(prods) > len(prior)  # Products outside the prior: the Glow's.
+  assert all(p["precision"] == "highest,highest" for p in prods)
 
 
 @needs_libtpu

@@ -46,6 +46,7 @@ def test_without_tensorflow_other_processes_only_log(tmp_path, no_tensorflow):
   assert isinstance(writer, writers.JsonWriter) and not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # Starts a Python process that imports jax.
 def test_without_tensorboard_no_tensorflow_is_imported(tmp_path):
   """tensorboard=False (and every process but the chief): JsonWriter, and
   neither the writer nor the progress report imports tensorflow (a fresh

@@ -267,6 +267,7 @@ def test_registered_entry_records_the_run(trained):
   assert e.data["card"] == cards.default_card(variables.workdir_config(workdir), 4)
 
 
+@pytest.mark.slow  # Starts a Python process that imports jax.
 def test_zoo_imports_no_training_code():
   code = ("import sys\nfrom nifzoo import zoo\n"
           "print(sorted(m for m in sys.modules if m.startswith('nifzoo.train')))\n")
