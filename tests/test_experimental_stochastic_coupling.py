@@ -52,12 +52,12 @@ def make_image(seed=0):
   return layer, dense_upsampling((4, 4, 1), factors), x
 
 
-VECTOR, IMAGE = make_vector(), make_image()
 LAYERS = pytest.mark.parametrize("which", ["vector", "image"])
 
 
+@functools.cache  # Built when first used, not while every worker collects.
 def get(which):
-  return VECTOR if which == "vector" else IMAGE
+  return make_vector() if which == "vector" else make_image()
 
 
 @nnx.jit
@@ -191,19 +191,19 @@ def test_generation_noise(which):
 
 
 def test_image_shapes_and_split():
-  # hidden=8, 2 channels in x2: the conditioner's shapes are IMAGE's (fast init).
+  # hidden=8, 2 channels in x2: the conditioner's shapes are get("image")'s (fast init).
   layer = StochasticCoupling((8, 6, 4), (2, 3), hidden=8, rngs=nnx.Rngs(0))
   x = np.random.default_rng(0).normal(size=(2, 8, 6, 4)).astype(np.float32)
   z1, x2, log_h = run_forward(layer, x, jax.random.key(0), 1.0)
   assert z1.shape == (2, 4, 2, 2) and x2.shape == (2, 8, 6, 2)
   assert log_h.shape == (2,) and np.all(np.isfinite(log_h))
   np.testing.assert_array_equal(x2, x[..., 2:])
-  layer = IMAGE[0]  # (4, 4, 3), factors (2, 1): C₁ = 3 // 2 = 1
+  layer = get("image")[0]  # (4, 4, 3), factors (2, 1): C₁ = 3 // 2 = 1
   assert layer.z1_shape == (2, 4, 1) and layer.x2_shape == (4, 4, 2)
 
 
 def test_bad_input():
-  layer, _, x = VECTOR
+  layer, _, x = get("vector")
   with pytest.raises(ValueError, match=r"x must have shape \(B, 5\)"):
     layer.forward(x[:, :4], jax.random.key(0))
   with pytest.raises(TypeError, match="x must be a floating-point array"):
@@ -227,7 +227,7 @@ def test_bad_input():
     StochasticCoupling((4, 4, 1), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match=r"factors \(3, 2\) must divide"):
     StochasticCoupling((4, 4, 2), (3, 2), rngs=nnx.Rngs(0))
-  img, _, xi = IMAGE
+  img, _, xi = get("image")
   with pytest.raises(ValueError, match=r"x must have shape \(B, 4, 4, 3\)"):
     img.forward(xi[..., :2], jax.random.key(0))
   with pytest.raises(ValueError, match=r"x2 must have shape \(B, 4, 4, 2\)"):

@@ -96,7 +96,9 @@ def make_x(params, n=4, seed=1):
   return x.astype(np.float32)
 
 
-CASES = {(D, k): make_layer(D, k, seed=D + k) for D, k in CONFIGS}
+@functools.cache  # Built when first used, not while every worker collects.
+def _case_layer(D, k):
+  return make_layer(D, k, seed=D + k)
 
 
 log_prob = nnx.jit(lambda layer, x, s: layer.log_prob(x, noise_scale=s))
@@ -108,7 +110,7 @@ def iw(layer, x, key, n, s=1.0, log_prior=None):
 
 
 def case(D, k, s=1.0):
-  layer, params = CASES[(D, k)]
+  layer, params = _case_layer(D, k)
   x = make_x(params)
   return layer, params, x, x.astype(np.float64), helpers.quantities(layer, x, s)
 
