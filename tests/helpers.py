@@ -6,6 +6,7 @@ The tiny trained-and-registered model is the ``tiny_run`` fixture
 
 import json
 import os
+import re
 import shutil
 
 from flax import nnx
@@ -87,3 +88,11 @@ def copy_tree(src: str, dst) -> str:
   dst = os.path.join(str(dst), os.path.basename(src))
   shutil.copytree(src, dst)
   return dst
+
+
+def imported_packages(importtime_log: str) -> set[str]:
+  """The top-level packages in a ``python -X importtime`` log, each read from
+  all of its modules' lines (a package's own line can be broken by another
+  thread's log output in the same stream)."""
+  return {m.split(".")[0] for m in
+          re.findall(r"^import time:.*\|\s+([\w.]+)$", importtime_log, re.M)}

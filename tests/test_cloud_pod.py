@@ -154,8 +154,8 @@ def test_pod_rehearsal(gcs):
   codes, outs = _wait(procs)
   assert codes == [0, 0], "\n".join(o[-3000:] for o in outs)
   for out in outs:
-    imported = set(re.findall(r"^import time:.*\|\s+(\w+)$", out, re.M))
-    assert "jax" in imported and "tensorflow" not in imported
+    imported = helpers.imported_packages(out)
+    assert {"jax", "gcsfs"} <= imported and "tensorflow" not in imported
   gcs.invalidate()
   saved = fileio.read_json(f"{outdir}/metrics.json")
   assert saved["results"]["bpd"]["num_images"] == 300

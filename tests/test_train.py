@@ -24,6 +24,7 @@ from nifzoo import mesh as mesh_lib
 from nifzoo.train import setup as setup_lib
 from nifzoo.train import step as step_lib
 
+import helpers
 import train_worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -131,11 +132,6 @@ def _actnorm_flags(tree):
   return [np.asarray(v) for path, v in flat if "initialized" in jax.tree_util.keystr(path)]
 
 
-def _imported(importtime_log):
-  """The top-level packages in a ``python -X importtime`` log."""
-  return set(re.findall(r"^import time:.*\|\s+(\w+)$", importtime_log, re.M))
-
-
 @pytest.mark.slow
 def test_resume_is_exact(tmp_path):
   """2N steps straight == N steps, a fresh process restoring, N more (bitwise).
@@ -174,7 +170,7 @@ def test_resume_is_exact(tmp_path):
   with open(os.path.join(resumed, "metrics.jsonl")) as f:
     logged = [l for l in f if '"train_bits_per_dim"' in l]
   assert [l.split(",")[0] for l in logged] == ['{"step": 4', '{"step": 8']
-  packages = _imported(log_resumed)
+  packages = helpers.imported_packages(log_resumed)
   assert "clu" in packages and "jax" in packages and "tensorflow" not in packages
   # One progress line and the numbers once per log step (4 and 8; after resuming, 8).
   for out, steps in ((log, (4, 8)), (log_resumed, (8,))):
