@@ -20,7 +20,6 @@ import concurrent.futures
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from nifzoo import registry
 from nifzoo import zoo
 from nifzoo import variables
 
+import gcs_emulator  # free_port
 import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,12 +47,6 @@ def _env(gcs, devices=1, **extra):
   env = {**os.environ, **gcs.env, "TF_CPP_MIN_LOG_LEVEL": "2",
          "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra}
   return helpers.env_with_devices(devices, env)
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _exists(gcs, path) -> bool:
@@ -78,7 +72,7 @@ def _steps(gcs, workdir):
 def _launch(script, args, gcs, num_processes=2, devices=2, use_tf=True):
   """``script`` on 2 processes x 2 devices, with TensorFlow's gs:// backend
   (``use_tf``) or gcsfs; without TensorFlow, each process logs its imports."""
-  port = _free_port()
+  port = gcs_emulator.free_port()
   python = [sys.executable] if use_tf else [sys.executable, "-X", "importtime"]
   return [subprocess.Popen(
       [*python, script, *args, f"--coordinator_address=127.0.0.1:{port}",

@@ -5,7 +5,6 @@ run logs, and no tensorflow without TensorBoard logs."""
 import glob
 import os
 import re
-import socket
 import subprocess
 import sys
 
@@ -24,6 +23,7 @@ from nifzoo import mesh as mesh_lib
 from nifzoo.train import setup as setup_lib
 from nifzoo.train import step as step_lib
 
+import gcs_emulator  # free_port
 import helpers
 import train_worker
 
@@ -203,17 +203,11 @@ def _assert_close(run_a, run_b):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_data_parallel_and_two_processes_match_one_device(tmp_path):
   """8 devices in one process, and 2 processes x 2 devices, against 1 device."""
   eight, multi = (str(tmp_path / f"{n}.npz") for n in ("eight", "multi"))
-  coord = f"--coordinator=127.0.0.1:{_free_port()}"
+  coord = f"--coordinator=127.0.0.1:{gcs_emulator.free_port()}"
   runs = [_worker(eight, 8),
           *(_worker(multi, 2, coord, f"--process_id={i}", "--num_processes=2")
             for i in range(2))]
